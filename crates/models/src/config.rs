@@ -1,0 +1,246 @@
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{Activation, Arch, InitScheme, ModelError, Stage};
+
+/// How a CNN turns its last feature map into features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// Flatten `[c, h, w]` and apply the affine readout.
+    #[default]
+    Flatten,
+    /// Mean over positions, then the affine readout.
+    AvgPool,
+}
+
+/// The hand-written model description (the `[model]` table of a config). Unknown keys are
+/// errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// f(x) = wᵀx (+ b).
+    Linear {
+        #[serde(default)]
+        bias: bool,
+        #[serde(default = "lecun")]
+        init: InitScheme,
+    },
+    /// f(x) = aᵀWx, W ∈ R^{width×d}, a ∈ R^width; both trained.
+    TwoLayerLinear {
+        width: usize,
+        #[serde(default = "lecun")]
+        init: InitScheme,
+    },
+    /// f(x) = ⟨u ⊙ v, x⟩.
+    Diagonal {
+        #[serde(default = "lecun")]
+        init: InitScheme,
+    },
+    /// f(x) = Σ_k a_k σ(w_kᵀx), no hidden bias, with the second layer fixed at
+    /// a_k = ±1/√width (seeded signs). Only W is trained. **[choice]**, SPEC §5.
+    TwoLayer {
+        width: usize,
+        activation: Activation,
+        #[serde(default = "lecun")]
+        init: InitScheme,
+    },
+    /// Fully connected net: `hidden` widths, then an affine readout to c outputs.
+    Fnn {
+        hidden: Vec<usize>,
+        activation: Activation,
+        #[serde(default = "yes")]
+        bias: bool,
+        #[serde(default)]
+        init: InitScheme,
+    },
+    /// Convolutional net: one 3×3 conv per entry of `channels` (stride 1 for the first,
+    /// 2 after, padding 1), each followed by the activation, then `head` and an affine
+    /// readout. The default `channels = [32, 64, 64]` is the 4-layer CNN (3 conv + 1 dense).
+    Cnn {
+        #[serde(default = "cnn_channels")]
+        channels: Vec<usize>,
+        #[serde(default = "relu")]
+        activation: Activation,
+        #[serde(default)]
+        head: Head,
+        #[serde(default = "yes")]
+        bias: bool,
+        #[serde(default)]
+        init: InitScheme,
+    },
+}
+
+fn lecun() -> InitScheme {
+    InitScheme::Lecun
+}
+fn yes() -> bool {
+    true
+}
+fn relu() -> Activation {
+    Activation::Relu
+}
+fn cnn_channels() -> Vec<usize> {
+    vec![32, 64, 64]
+}
+
+impl ModelConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelConfig::Linear { .. } => "linear",
+            ModelConfig::TwoLayerLinear { .. } => "two_layer_linear",
+            ModelConfig::Diagonal { .. } => "diagonal",
+            ModelConfig::TwoLayer { .. } => "two_layer",
+            ModelConfig::Fnn { .. } => "fnn",
+            ModelConfig::Cnn { .. } => "cnn",
+        }
+    }
+
+    pub fn init(&self) -> InitScheme {
+        match self {
+            ModelConfig::Linear { init, .. }
+            | ModelConfig::TwoLayerLinear { init, .. }
+            | ModelConfig::Diagonal { init }
+            | ModelConfig::TwoLayer { init, .. }
+            | ModelConfig::Fnn { init, .. }
+            | ModelConfig::Cnn { init, .. } => *init,
+        }
+    }
+
+    /// The architecture for inputs of `input_shape` and `outputs` outputs. `seed` fixes the
+    /// signs of a fixed second layer.
+    pub fn arch(
+        &self,
+        input_shape: &[usize],
+        outputs: usize,
+        seed: u64,
+    ) -> Result<Arch, ModelError> {
+        let err = |problem: String| ModelError::Config {
+            kind: self.kind(),
+            problem,
+        };
+        let d: usize = input_shape.iter().product();
+        let image_in = input_shape.len() == 3;
+        let mut stages = Vec::new();
+        if image_in && !matches!(self, ModelConfig::Cnn { .. }) {
+            stages.push(Stage::Flatten);
+        }
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(err(format!("needs {name} ≥ 1")))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            ModelConfig::Linear { bias, .. } => stages.push(Stage::Dense {
+                out: outputs,
+                bias: *bias,
+            }),
+            ModelConfig::TwoLayerLinear { width, .. } => {
+                positive("width", *width)?;
+                stages.push(Stage::Dense {
+                    out: *width,
+                    bias: false,
+                });
+                stages.push(Stage::Dense {
+                    out: outputs,
+                    bias: false,
+                });
+            }
+            ModelConfig::Diagonal { .. } => {
+                if outputs != 1 {
+                    return Err(err(format!(
+                        "has one output but the targets need {outputs}; use it for regression"
+                    )));
+                }
+                stages.extend([Stage::Hadamard, Stage::Hadamard, Stage::SumFeatures]);
+            }
+            ModelConfig::TwoLayer {
+                width, activation, ..
+            } => {
+                positive("width", *width)?;
+                let mut rng = noisegeom_data::seeded_rng(seed, "two-layer-readout");
+                let a = 1.0 / (*width as f32).sqrt();
+                let weights = (0..outputs * width)
+                    .map(|_| if rng.random_bool(0.5) { a } else { -a })
+                    .collect();
+                stages.push(Stage::Dense {
+                    out: *width,
+                    bias: false,
+                });
+                stages.push(Stage::Act {
+                    activation: *activation,
+                });
+                stages.push(Stage::FixedDense {
+                    out: outputs,
+                    weights,
+                });
+            }
+            ModelConfig::Fnn {
+                hidden,
+                activation,
+                bias,
+                ..
+            } => {
+                for &w in hidden {
+                    positive("every hidden width", w)?;
+                    stages.push(Stage::Dense {
+                        out: w,
+                        bias: *bias,
+                    });
+                    stages.push(Stage::Act {
+                        activation: *activation,
+                    });
+                }
+                stages.push(Stage::Dense {
+                    out: outputs,
+                    bias: *bias,
+                });
+            }
+            ModelConfig::Cnn {
+                channels,
+                activation,
+                head,
+                bias,
+                ..
+            } => {
+                if !image_in {
+                    return Err(err(format!(
+                        "needs image inputs [c, h, w], but the data are vectors of length {d}"
+                    )));
+                }
+                if channels.is_empty() {
+                    return Err(err("needs at least one conv layer in `channels`".into()));
+                }
+                for (i, &c) in channels.iter().enumerate() {
+                    positive("every channel count", c)?;
+                    stages.push(Stage::Conv {
+                        out: c,
+                        kernel: 3,
+                        stride: if i == 0 { 1 } else { 2 },
+                        padding: 1,
+                        bias: *bias,
+                    });
+                    stages.push(Stage::Act {
+                        activation: *activation,
+                    });
+                }
+                stages.push(match head {
+                    Head::Flatten => Stage::Flatten,
+                    Head::AvgPool => Stage::GlobalAvgPool,
+                });
+                stages.push(Stage::Dense {
+                    out: outputs,
+                    bias: *bias,
+                });
+            }
+        }
+        let arch = Arch {
+            input_shape: input_shape.to_vec(),
+            stages,
+        };
+        arch.validate()?;
+        Ok(arch)
+    }
+}

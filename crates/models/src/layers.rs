@@ -1,0 +1,126 @@
+//! Parametric layers written from primitives that survive nested autodiff
+//! (`Autodiff<Autodiff<B>>`): `x.matmul(wᵀ) + b` instead of `nn::Linear`, functional conv2d,
+//! and no pooling ops (pooling is reshape + mean in [`crate::Net`]).
+//!
+//! Every layer reports its input and pre-activation output to a [`Tap`], so the geometry
+//! engine can insert zero "probe" leaves and read per-sample backprop signals.
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+/// Geometry of a square 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// Hook called once per parametric layer, in parameter order, during a forward pass.
+///
+/// Each method receives the layer input and its output `z` (before any activation) and
+/// returns the tensor that continues the forward pass. The default returns `z` unchanged.
+pub trait Tap<B: Backend> {
+    /// `z = input · Wᵀ (+ b)`, `input: [n, in]`, `z: [n, out]`.
+    fn dense(&mut self, input: &Tensor<B, 2>, z: Tensor<B, 2>, has_bias: bool) -> Tensor<B, 2> {
+        let _ = (input, has_bias);
+        z
+    }
+    /// `z = conv2d(input, W) (+ b)`, `input: [n, c_in, h, w]`, `z: [n, c_out, h', w']`.
+    fn conv(
+        &mut self,
+        input: &Tensor<B, 4>,
+        z: Tensor<B, 4>,
+        geom: ConvGeom,
+        has_bias: bool,
+    ) -> Tensor<B, 4> {
+        let _ = (input, geom, has_bias);
+        z
+    }
+    /// `z = input ⊙ w`, `input: [n, d]`, `w: [d]`.
+    fn hadamard(&mut self, input: &Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        let _ = input;
+        z
+    }
+}
+
+/// The tap of an ordinary forward pass: changes nothing.
+pub struct NoTap;
+impl<B: Backend> Tap<B> for NoTap {}
+
+/// Affine layer, weight in PyTorch layout `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Dense<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Dense<B> {
+    /// `[n, in] → [n, out]`.
+    pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
+        let z = x.clone().matmul(self.weight.val().transpose());
+        let z = match &self.bias {
+            Some(b) => z + b.val().unsqueeze::<2>(),
+            None => z,
+        };
+        tap.dense(&x, z, self.bias.is_some())
+    }
+}
+
+/// Square 2-D convolution, weight `[out, in, k, k]` (PyTorch layout).
+#[derive(Module, Debug)]
+pub struct Conv<B: Backend> {
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    pub stride: usize,
+    #[module(skip)]
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv<B> {
+    pub fn geom(&self) -> ConvGeom {
+        ConvGeom {
+            kernel: self.weight.dims()[2],
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
+    /// `[n, c_in, h, w] → [n, c_out, h', w']`.
+    pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 4>, tap: &mut T) -> Tensor<B, 4> {
+        let g = self.geom();
+        let z = conv2d(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], 1),
+        );
+        tap.conv(&x, z, g, self.bias.is_some())
+    }
+}
+
+/// Elementwise scaling by a learned vector, the building block of the diagonal net.
+#[derive(Module, Debug)]
+pub struct Hadamard<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Hadamard<B> {
+    /// `[n, d] → [n, d]`.
+    pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
+        let z = x.clone() * self.weight.val().unsqueeze::<2>();
+        tap.hadamard(&x, z)
+    }
+}
+
+/// One parametric layer of a [`crate::Net`].
+#[derive(Module, Debug)]
+pub enum Layer<B: Backend> {
+    Dense(Dense<B>),
+    Conv(Conv<B>),
+    Hadamard(Hadamard<B>),
+}

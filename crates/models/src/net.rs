@@ -1,0 +1,277 @@
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap};
+use crate::params::{ParamInit, ParamSource, Role};
+use crate::{Activation, ModelError};
+
+/// One step of a sequential network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Stage {
+    /// Affine map to `out` features (weight `[out, in]`).
+    Dense { out: usize, bias: bool },
+    /// Square convolution to `out` channels (weight `[out, in, k, k]`).
+    Conv {
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    },
+    /// Elementwise product with a learned vector of the input's width.
+    Hadamard,
+    /// Elementwise nonlinearity.
+    Act { activation: Activation },
+    /// `[n, c, h, w] → [n, c·h·w]`.
+    Flatten,
+    /// `[n, c, h, w] → [n, c]`, the mean over positions (reshape + mean, so it nests).
+    GlobalAvgPool,
+    /// `[n, d] → [n, 1]`, the sum of the features.
+    SumFeatures,
+    /// A fixed (untrained) affine map without bias; `weights` is `[out, in]` row-major.
+    /// Not a parameter: it is part of the architecture and exported with it.
+    FixedDense { out: usize, weights: Vec<f32> },
+}
+
+/// A network's full description: everything but the trained parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Arch {
+    /// `[d]` or `[channels, height, width]`.
+    pub input_shape: Vec<usize>,
+    pub stages: Vec<Stage>,
+}
+
+/// Shape of the running value between stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Flat(usize),
+    Image(usize, usize, usize),
+}
+
+impl Arch {
+    /// Checks that every stage fits the shape before it; returns the output width.
+    pub fn validate(&self) -> Result<usize, ModelError> {
+        let mut shape = self.input()?;
+        for (i, stage) in self.stages.iter().enumerate() {
+            shape = next_shape(shape, stage).ok_or_else(|| ModelError::Arch {
+                stage: i,
+                problem: format!("{stage:?} cannot follow a value of shape {shape:?}"),
+            })?;
+        }
+        match shape {
+            Shape::Flat(c) => Ok(c),
+            Shape::Image(..) => Err(ModelError::Arch {
+                stage: self.stages.len(),
+                problem: "the network ends on an image; add flatten or global_avg_pool".into(),
+            }),
+        }
+    }
+
+    /// Number of outputs c.
+    pub fn outputs(&self) -> usize {
+        self.validate().expect("validated at construction")
+    }
+
+    fn input(&self) -> Result<Shape, ModelError> {
+        match self.input_shape[..] {
+            [d] => Ok(Shape::Flat(d)),
+            [c, h, w] => Ok(Shape::Image(c, h, w)),
+            _ => Err(ModelError::Arch {
+                stage: 0,
+                problem: format!(
+                    "input shape {:?} is neither [d] nor [c, h, w]",
+                    self.input_shape
+                ),
+            }),
+        }
+    }
+
+    /// Names and shapes of the parameters, in the flat-vector order. Names follow the
+    /// stage index: `s{i}.weight`, `s{i}.bias`.
+    pub fn param_layout(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut shape = self.input().expect("validated");
+        for (i, stage) in self.stages.iter().enumerate() {
+            match (stage, shape) {
+                (Stage::Dense { out: o, bias }, Shape::Flat(d)) => {
+                    out.push((format!("s{i}.weight"), vec![*o, d]));
+                    if *bias {
+                        out.push((format!("s{i}.bias"), vec![*o]));
+                    }
+                }
+                (
+                    Stage::Conv {
+                        out: o,
+                        kernel,
+                        bias,
+                        ..
+                    },
+                    Shape::Image(c, _, _),
+                ) => {
+                    out.push((format!("s{i}.weight"), vec![*o, c, *kernel, *kernel]));
+                    if *bias {
+                        out.push((format!("s{i}.bias"), vec![*o]));
+                    }
+                }
+                (Stage::Hadamard, Shape::Flat(d)) => out.push((format!("s{i}.weight"), vec![d])),
+                _ => {}
+            }
+            shape = next_shape(shape, stage).expect("validated");
+        }
+        out
+    }
+
+    /// Total number of trained parameters p.
+    pub fn num_params(&self) -> usize {
+        self.param_layout()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
+    use Shape::*;
+    Some(match (stage, shape) {
+        (Stage::Dense { out, .. }, Flat(_)) => Flat(*out),
+        (Stage::Hadamard, Flat(d)) => Flat(d),
+        (Stage::SumFeatures, Flat(_)) => Flat(1),
+        (Stage::FixedDense { out, weights }, Flat(d)) if weights.len() == out * d => Flat(*out),
+        (
+            Stage::Conv {
+                out,
+                kernel,
+                stride,
+                padding,
+                ..
+            },
+            Image(_, h, w),
+        ) if *stride >= 1 && h + 2 * padding >= *kernel && w + 2 * padding >= *kernel => Image(
+            *out,
+            (h + 2 * padding - kernel) / stride + 1,
+            (w + 2 * padding - kernel) / stride + 1,
+        ),
+        (Stage::Flatten, Image(c, h, w)) => Flat(c * h * w),
+        (Stage::GlobalAvgPool, Image(c, _, _)) => Flat(c),
+        (Stage::Act { .. }, s) => s,
+        _ => return None,
+    })
+}
+
+/// A sequential network over backend `B`: the trained layers plus the architecture.
+#[derive(Module, Debug)]
+pub struct Net<B: Backend> {
+    pub layers: Vec<Layer<B>>,
+    #[module(skip)]
+    pub arch: Arch,
+}
+
+enum Value<B: Backend> {
+    Flat(Tensor<B, 2>),
+    Image(Tensor<B, 4>),
+}
+
+impl<B: Backend> Net<B> {
+    /// Builds the network, drawing each parameter from `source` in flat-vector order.
+    pub fn build<S: ParamSource<B>>(arch: Arch, source: &mut S) -> Result<Self, ModelError> {
+        arch.validate()?;
+        let mut layers = Vec::new();
+        let mut shape = arch.input()?;
+        for stage in &arch.stages {
+            match (stage, shape) {
+                (Stage::Dense { out, bias }, Shape::Flat(d)) => {
+                    let weight = source.param([*out, d], ParamInit::new(d, Role::Weight));
+                    let bias = bias.then(|| source.param([*out], ParamInit::new(d, Role::Bias)));
+                    layers.push(Layer::Dense(Dense { weight, bias }));
+                }
+                (
+                    Stage::Conv {
+                        out,
+                        kernel,
+                        stride,
+                        padding,
+                        bias,
+                    },
+                    Shape::Image(c, _, _),
+                ) => {
+                    let fan_in = c * kernel * kernel;
+                    let weight = source.param(
+                        [*out, c, *kernel, *kernel],
+                        ParamInit::new(fan_in, Role::Weight),
+                    );
+                    let bias =
+                        bias.then(|| source.param([*out], ParamInit::new(fan_in, Role::Bias)));
+                    layers.push(Layer::Conv(Conv {
+                        weight,
+                        bias,
+                        stride: *stride,
+                        padding: *padding,
+                    }));
+                }
+                (Stage::Hadamard, Shape::Flat(d)) => {
+                    let weight = source.param([d], ParamInit::new(1, Role::Diagonal));
+                    layers.push(Layer::Hadamard(Hadamard { weight }));
+                }
+                _ => {}
+            }
+            shape = next_shape(shape, stage).expect("validated");
+        }
+        source.finish()?;
+        Ok(Net { layers, arch })
+    }
+
+    /// `[n, prod(input_shape)] → [n, c]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.forward_with(x, &mut NoTap)
+    }
+
+    /// The forward pass with a [`Tap`] on every parametric layer.
+    pub fn forward_with<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
+        let [n, _] = x.dims();
+        let mut v = match self.arch.input_shape[..] {
+            [c, h, w] => Value::Image(x.reshape([n, c, h, w])),
+            _ => Value::Flat(x),
+        };
+        let mut layers = self.layers.iter();
+        for stage in &self.arch.stages {
+            v = match (stage, v) {
+                (Stage::Dense { .. }, Value::Flat(a)) => match layers.next() {
+                    Some(Layer::Dense(l)) => Value::Flat(l.forward(a, tap)),
+                    _ => unreachable!("layers follow stages"),
+                },
+                (Stage::Conv { .. }, Value::Image(a)) => match layers.next() {
+                    Some(Layer::Conv(l)) => Value::Image(l.forward(a, tap)),
+                    _ => unreachable!("layers follow stages"),
+                },
+                (Stage::Hadamard, Value::Flat(a)) => match layers.next() {
+                    Some(Layer::Hadamard(l)) => Value::Flat(l.forward(a, tap)),
+                    _ => unreachable!("layers follow stages"),
+                },
+                (Stage::Act { activation }, Value::Flat(a)) => Value::Flat(activation.apply(a)),
+                (Stage::Act { activation }, Value::Image(a)) => Value::Image(activation.apply(a)),
+                (Stage::Flatten, Value::Image(a)) => Value::Flat(a.flatten(1, 3)),
+                (Stage::GlobalAvgPool, Value::Image(a)) => {
+                    let [n, c, h, w] = a.dims();
+                    Value::Flat(a.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
+                }
+                (Stage::SumFeatures, Value::Flat(a)) => Value::Flat(a.sum_dim(1)),
+                (Stage::FixedDense { out, weights }, Value::Flat(a)) => {
+                    let d = weights.len() / out;
+                    let w = Tensor::<B, 2>::from_data(
+                        TensorData::new(weights.clone(), [*out, d]),
+                        &a.device(),
+                    );
+                    Value::Flat(a.matmul(w.transpose()))
+                }
+                _ => unreachable!("validated at construction"),
+            };
+        }
+        match v {
+            Value::Flat(out) => out,
+            Value::Image(_) => unreachable!("validated at construction"),
+        }
+    }
+}

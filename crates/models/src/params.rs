@@ -1,0 +1,177 @@
+//! Where parameters come from, and the flat parameter view.
+//!
+//! The flat vector θ ∈ R^p is every parameter tensor, flattened row-major, concatenated in
+//! the order of [`crate::Arch::param_layout`] (the order the module visits its params).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// What a parameter is, for initialisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Weight,
+    Bias,
+    /// A Hadamard (diagonal-net) factor.
+    Diagonal,
+}
+
+/// What an initialiser needs to know about one parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamInit {
+    pub fan_in: usize,
+    pub role: Role,
+}
+
+impl ParamInit {
+    pub fn new(fan_in: usize, role: Role) -> Self {
+        ParamInit { fan_in, role }
+    }
+}
+
+/// Supplies parameters, in flat-vector order, while a [`crate::Net`] is built.
+pub trait ParamSource<B: Backend> {
+    fn param<const D: usize>(&mut self, shape: [usize; D], init: ParamInit) -> Param<Tensor<B, D>>;
+
+    /// Called after the last parameter; a source that was given values checks that all
+    /// of them were used.
+    fn finish(&mut self) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// Initialisation scheme. **[choice]**, recorded in every run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// PyTorch's default for Linear/Conv2d: weights and biases ~ U(±1/√fan_in).
+    #[default]
+    Pytorch,
+    /// Weights ~ N(0, 1/fan_in), biases 0.
+    Lecun,
+    /// Weights ~ N(0, 2/fan_in), biases 0.
+    He,
+}
+
+impl InitScheme {
+    fn draw(self, rng: &mut ChaCha8Rng, len: usize, init: ParamInit) -> Vec<f64> {
+        let fan = init.fan_in.max(1) as f64;
+        let normal = |rng: &mut ChaCha8Rng, std: f64| noisegeom_data::normal_vec(rng, len, std);
+        match (self, init.role) {
+            (InitScheme::Pytorch, _) => {
+                let bound = 1.0 / fan.sqrt();
+                (0..len).map(|_| rng.random_range(-bound..bound)).collect()
+            }
+            (InitScheme::Lecun | InitScheme::He, Role::Bias) => vec![0.0; len],
+            (InitScheme::Lecun, _) => normal(rng, (1.0 / fan).sqrt()),
+            (InitScheme::He, _) => normal(rng, (2.0 / fan).sqrt()),
+        }
+    }
+}
+
+/// Draws fresh parameters from a seeded host RNG, so the same seed gives the same θ on
+/// every backend.
+pub struct RandomInit<'a, B: Backend> {
+    pub device: &'a B::Device,
+    pub scheme: InitScheme,
+    pub rng: ChaCha8Rng,
+}
+
+impl<'a, B: Backend> RandomInit<'a, B> {
+    pub fn new(device: &'a B::Device, scheme: InitScheme, seed: u64) -> Self {
+        RandomInit {
+            device,
+            scheme,
+            rng: noisegeom_data::seeded_rng(seed, "model-init"),
+        }
+    }
+}
+
+impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
+    fn param<const D: usize>(&mut self, shape: [usize; D], init: ParamInit) -> Param<Tensor<B, D>> {
+        let len = shape.iter().product();
+        let values = self.scheme.draw(&mut self.rng, len, init);
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
+    }
+}
+
+/// Takes parameters from a host flat vector θ.
+pub struct FlatSource<'a, B: Backend> {
+    pub device: &'a B::Device,
+    pub values: &'a [f64],
+    pub offset: usize,
+}
+
+impl<'a, B: Backend> FlatSource<'a, B> {
+    pub fn new(device: &'a B::Device, values: &'a [f64]) -> Self {
+        FlatSource {
+            device,
+            values,
+            offset: 0,
+        }
+    }
+
+    /// The next `len` values (all zero past the end; [`ParamSource::finish`] reports it).
+    pub fn take(&mut self, len: usize) -> Vec<f64> {
+        let start = self.offset.min(self.values.len());
+        let end = (self.offset + len).min(self.values.len());
+        self.offset += len;
+        let mut out = self.values[start..end].to_vec();
+        out.resize(len, 0.0);
+        out
+    }
+}
+
+impl<B: Backend> ParamSource<B> for FlatSource<'_, B> {
+    fn param<const D: usize>(&mut self, shape: [usize; D], _: ParamInit) -> Param<Tensor<B, D>> {
+        let values = self.take(shape.iter().product());
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
+    }
+
+    fn finish(&mut self) -> Result<(), ModelError> {
+        if self.offset != self.values.len() {
+            return Err(ModelError::FlatLength {
+                expected: self.offset,
+                actual: self.values.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every float parameter of a module, flattened in visiting order.
+pub fn flatten<B: Backend, M: Module<B>>(module: &M) -> Vec<f64> {
+    struct Collect(Vec<f64>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.extend(param.val().into_data().iter::<f64>());
+        }
+    }
+    let mut c = Collect(Vec::with_capacity(module.num_params()));
+    module.visit(&mut c);
+    c.0
+}
+
+/// The parameters of a module as one flat device tensor (no host round trip).
+pub fn flatten_device<B: Backend, M: Module<B>>(module: &M) -> Tensor<B, 1> {
+    struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().flatten::<1>(0, D - 1));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    module.visit(&mut c);
+    Tensor::cat(c.0, 0)
+}
