@@ -1,1 +1,161 @@
-fn main() {}
+//! The `noisegeom` command line. It owns the terminal: results go to stdout, progress bars
+//! and logs to stderr, and every error is one line on stderr with a nonzero exit.
+
+mod backend;
+mod cmd;
+mod env;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+
+use backend::{BackendKind, Precision, dispatch};
+
+/// noisegeom: the geometry of SGD noise, measured.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+/// Flags every compute command shares.
+#[derive(clap::Args, Debug, Clone)]
+struct Compute {
+    /// Where to run: cpu (burn-flex), ndarray, or wgpu.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// Floating-point precision (wgpu is f32 only; f64 on the CPU runs on ndarray).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model with SGD under a learning-rate schedule, writing a run directory.
+    Train {
+        /// Experiment config (TOML) for a new run.
+        #[arg(long, conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        /// Continue the run in this directory from its newest checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Dataset folder, overriding `data.dir` in the config.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Seed overriding the config's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run directory (default: runs/<config name>-<UTC time>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Override a config value, e.g. --set train.steps=100 --set model.channels=[16,32,32].
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+        overrides: Vec<String>,
+        #[command(flatten)]
+        compute: Compute,
+    },
+    /// Inspect datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Say what a dataset folder holds: format, shapes and class counts.
+    Info {
+        /// A folder with CIFAR-10 binary files or MNIST/Fashion-MNIST IDX files.
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let at = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error{at}: {}; please report it",
+            msg.replace('\n', " ")
+        );
+    }));
+    match run(cli) {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("NOISEGEOM_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "{level},wgpu_core=warn,wgpu_hal=warn,naga=warn,cubecl=warn"
+            ))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<String> {
+    match cli.command {
+        Command::Train {
+            config,
+            resume,
+            data,
+            seed,
+            out,
+            overrides,
+            compute,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            // First Ctrl-C: checkpoint and exit cleanly. Second: exit at once.
+            signal_hook::flag::register_conditional_shutdown(
+                signal_hook::consts::SIGINT,
+                130,
+                stop.clone(),
+            )?;
+            signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+            signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+            let job = cmd::train::TrainJob::new(config, &overrides, resume, out, data, seed, stop)?;
+            dispatch(compute.backend, compute.precision, job)
+        }
+        Command::Data {
+            command: DataCommand::Info { path },
+        } => cmd::data::info(&path),
+    }
+}

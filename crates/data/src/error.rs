@@ -74,6 +74,9 @@ pub enum DataError {
 
     #[error("invalid synthetic data setting: {0}")]
     Synthetic(String),
+
+    #[error("config: {0}")]
+    Config(String),
 }
 
 impl DataError {

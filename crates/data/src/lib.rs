@@ -12,12 +12,14 @@
 //! - [`Sampler`]: minibatch indices as a pure function of `(seed, step)`.
 
 pub mod cifar10;
+mod config;
 mod error;
 pub mod idx;
 mod rng;
 mod sampler;
 pub mod synthetic;
 
+pub use config::{DataConfig, Prepared, Source};
 pub use error::DataError;
 pub use rng::{normal_vec, seeded_rng};
 pub use sampler::{Sampler, Sampling};

@@ -4,7 +4,7 @@
 //!   targets from a linear teacher y = ⟨w*, x⟩ with w* ~ N(0, I) (SPEC §5, Figure 1).
 //! - [`teacher_images`]: a CIFAR-shaped classification task. Images are random smooth
 //!   patterns plus pixel noise; the label is the argmax of a fixed random two-layer ReLU
-//!   network applied to a 4×4-average-pooled copy of the image, with per-class logit offsets
+//!   network applied to a 4×4-cell average-pooled copy of the image, with per-class logit offsets
 //!   centred so that the classes are roughly balanced. A CNN can learn it; nothing downloads.
 
 use serde::{Deserialize, Serialize};
@@ -157,8 +157,10 @@ pub fn teacher_images(
     }
     let plane = size * size;
     let dim = channels * plane;
-    let pooled = channels * (size / 4) * (size / 4);
-    let hidden = 64;
+    // The teacher sees the image averaged over a 4×4 grid of cells.
+    let cell = size / 4;
+    let pooled = channels * 16;
+    let hidden = 32;
     let mut rng = seeded_rng(seed, "teacher-images-net");
     let w1 = normal_vec(&mut rng, hidden * pooled, (1.0 / pooled as f64).sqrt());
     let w2 = normal_vec(&mut rng, classes * hidden, (1.0 / hidden as f64).sqrt());
@@ -188,14 +190,13 @@ pub fn teacher_images(
     // Teacher logits on the pooled image, then centre each class's logit over the data.
     let mut logits = vec![0f64; n * classes];
     let mut pool = vec![0f64; pooled];
-    let ps = size / 4;
     for i in 0..n {
         pool.iter_mut().for_each(|v| *v = 0.0);
         for ch in 0..channels {
             for r in 0..size {
                 for c in 0..size {
                     let x = inputs[i * dim + ch * plane + r * size + c] as f64 - 0.5;
-                    pool[ch * ps * ps + (r / 4) * ps + c / 4] += x / 16.0;
+                    pool[ch * 16 + (r / cell) * 4 + c / cell] += x / (cell * cell) as f64;
                 }
             }
         }

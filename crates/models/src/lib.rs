@@ -8,11 +8,13 @@
 //! [`ParamSource`] (a seeded initialiser, or a flat vector θ).
 
 mod config;
+mod device_set;
 pub mod layers;
 mod net;
 pub mod params;
 
 pub use config::{Head, ModelConfig};
+pub use device_set::{DeviceSet, mse};
 pub use layers::{ConvGeom, Layer, NoTap, Tap};
 pub use net::{Arch, Net, Stage};
 pub use params::{FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten};

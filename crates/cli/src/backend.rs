@@ -1,0 +1,99 @@
+//! `--backend` and `--precision`: the only place that names concrete burn backends.
+//! Everything below the CLI is generic over `B: Backend`.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::backend::AutodiffBackend;
+use clap::ValueEnum;
+
+/// Which burn backend runs the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// burn-flex on the CPU (fast, f32; f64 runs on ndarray).
+    Cpu,
+    /// burn-ndarray on the CPU (slower; f32 or f64).
+    Ndarray,
+    /// wgpu (Vulkan, Metal, DX12) through WGSL; f32 only.
+    Wgpu,
+}
+
+/// Floating-point precision of the whole computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+/// A job that runs on any autodiff backend.
+pub trait Job {
+    type Output;
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: &str,
+    ) -> anyhow::Result<Self::Output>;
+}
+
+/// Runs `job` on the backend the flags name.
+pub fn dispatch<J: Job>(
+    kind: BackendKind,
+    precision: Precision,
+    job: J,
+) -> anyhow::Result<J::Output> {
+    match (kind, precision) {
+        (BackendKind::Cpu, Precision::F32) => {
+            job.run::<Autodiff<Flex>>(Default::default(), "cpu (flex, f32)")
+        }
+        (BackendKind::Cpu | BackendKind::Ndarray, Precision::F64) => {
+            job.run::<Autodiff<NdArray<f64>>>(Default::default(), "ndarray (f64)")
+        }
+        (BackendKind::Ndarray, Precision::F32) => {
+            job.run::<Autodiff<NdArray<f32>>>(Default::default(), "ndarray (f32)")
+        }
+        (BackendKind::Wgpu, Precision::F64) => anyhow::bail!(
+            "--backend wgpu runs in f32 only (its f64 kernels give wrong numbers on Mesa); use --precision f32, or --backend cpu --precision f64"
+        ),
+        (BackendKind::Wgpu, Precision::F32) => wgpu_run(job),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_run<J: Job>(job: J) -> anyhow::Result<J::Output> {
+    use burn::backend::Wgpu;
+    use burn::backend::wgpu::WgpuDevice;
+    let adapter = first_adapter()?;
+    tracing::info!("wgpu adapter: {adapter}");
+    job.run::<Autodiff<Wgpu>>(WgpuDevice::DefaultDevice, &format!("wgpu ({adapter}, f32)"))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_run<J: Job>(_job: J) -> anyhow::Result<J::Output> {
+    anyhow::bail!(
+        "this noisegeom was built without the `wgpu` feature; rebuild with default features or use --backend cpu"
+    )
+}
+
+/// The adapter wgpu would use, or a one-line error naming the CPU fallback.
+#[cfg(feature = "wgpu")]
+pub fn first_adapter() -> anyhow::Result<String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let best = adapters
+        .iter()
+        .map(|a| a.get_info())
+        .max_by_key(|i| match i.device_type {
+            wgpu::DeviceType::DiscreteGpu => 4,
+            wgpu::DeviceType::IntegratedGpu => 3,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 1,
+            wgpu::DeviceType::Other => 0,
+        });
+    match best {
+        Some(i) => Ok(format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)),
+        None => anyhow::bail!(no_adapter_message()),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn no_adapter_message() -> &'static str {
+    "wgpu found no GPU adapter (no Vulkan/Metal/DX12 driver; on Linux without a GPU, `apt-get install mesa-vulkan-drivers` gives a software one); run on the CPU with --backend cpu"
+}

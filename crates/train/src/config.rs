@@ -1,0 +1,305 @@
+//! The experiment config file: `[data]`, `[model]`, `[train]`, all with unknown keys
+//! rejected.
+
+use std::path::Path;
+
+use noisegeom_data::{DataConfig, Sampling};
+use noisegeom_models::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{LrSchedule, TrainError};
+
+/// A whole experiment: data, model and optimisation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Seeds the data subset, synthetic data, initialisation and minibatch order.
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainSettings,
+}
+
+/// Loss minimised by the trainer. The geometry metrics always use the square loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// L = 1/(2n) Σ_i ||f(x_i) − y_i||², summed over outputs (SPEC §1), one-hot targets.
+    #[default]
+    Mse,
+    /// Mean softmax cross-entropy (classification only).
+    CrossEntropy,
+}
+
+/// The `[train]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    #[serde(default)]
+    pub loss: LossKind,
+    pub batch_size: usize,
+    /// Length of the run in steps; give exactly one of `steps` and `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
+    #[serde(default = "without_replacement")]
+    pub sampling: Sampling,
+    pub lr: LrSchedule,
+    /// Heavy-ball momentum (PyTorch convention, no dampening).
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient (coupled weight decay, as PyTorch SGD).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Log the mean training loss every this many steps.
+    #[serde(default = "ten")]
+    pub log_every: u64,
+    /// Evaluate on the test set (and a fixed training subset) every this many steps.
+    #[serde(default = "hundred")]
+    pub eval_every: u64,
+    /// Checkpoint every this many steps (default: at every evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept on disk (the newest ones).
+    #[serde(default = "three")]
+    pub keep_checkpoints: usize,
+    /// Samples per forward pass during evaluation.
+    #[serde(default = "eval_batch")]
+    pub eval_batch: usize,
+}
+
+fn without_replacement() -> Sampling {
+    Sampling::WithoutReplacement
+}
+fn ten() -> u64 {
+    10
+}
+fn hundred() -> u64 {
+    100
+}
+fn three() -> usize {
+    3
+}
+fn eval_batch() -> usize {
+    1000
+}
+
+impl ExperimentConfig {
+    /// Reads and validates a TOML config. Errors carry `file:line:col`.
+    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config {
+            path: path.display().to_string(),
+            message: format!("cannot read it ({e}); check the path"),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Reads a config and applies `key.path=value` overrides (`--set`), then validates.
+    /// Values are TOML (`train.steps=20`, `model.channels=[8,16]`); anything that does not
+    /// parse as TOML is taken as a string (`data.source=cifar10`).
+    pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let cfg = Self::from_file(path)?;
+        if overrides.is_empty() {
+            return Ok(cfg);
+        }
+        let origin = path.display().to_string();
+        let err = |message: String| TrainError::Config {
+            path: origin.clone(),
+            message,
+        };
+        let mut table = toml::Table::try_from(&cfg).map_err(|e| err(e.to_string()))?;
+        for o in overrides {
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| err(format!("--set {o}: expected key.path=value")))?;
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let mut node = &mut table;
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            for part in &parts[..parts.len() - 1] {
+                node = node
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+                    .as_table_mut()
+                    .ok_or_else(|| err(format!("--set {o}: `{part}` is not a table")))?;
+            }
+            node.insert(parts[parts.len() - 1].to_string(), value);
+        }
+        let cfg: ExperimentConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| err(format!("after --set: {}", e.message().trim())))?;
+        cfg.validate()
+            .map_err(|m| err(format!("after --set: {m}")))?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TrainError> {
+        let cfg: ExperimentConfig = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    let col = s.start - text[..s.start].rfind('\n').map_or(0, |p| p + 1) + 1;
+                    format!(":{line}:{col}")
+                })
+                .unwrap_or_default();
+            TrainError::Config {
+                path: format!("{origin}{at}"),
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        cfg.validate().map_err(|message| TrainError::Config {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Range checks that do not need the data.
+    pub fn validate(&self) -> Result<(), String> {
+        self.data.validate()?;
+        let t = &self.train;
+        t.lr.validate()?;
+        match (t.steps, t.epochs) {
+            (Some(0), _) => return Err("train.steps = 0; train for at least one step".into()),
+            (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
+                return Err(format!("train.epochs = {e}; it must be positive"));
+            }
+            (Some(_), Some(_)) => {
+                return Err("give either train.steps or train.epochs, not both".into());
+            }
+            (None, None) => return Err("give train.steps or train.epochs".into()),
+            _ => {}
+        }
+        if t.batch_size == 0 {
+            return Err("train.batch_size = 0; it must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(format!(
+                "train.momentum = {}; it must lie in [0, 1)",
+                t.momentum
+            ));
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(format!(
+                "train.weight_decay = {}; it must be ≥ 0",
+                t.weight_decay
+            ));
+        }
+        for (key, v) in [("log_every", t.log_every), ("eval_every", t.eval_every)] {
+            if v == 0 {
+                return Err(format!("train.{key} = 0; it must be at least 1"));
+            }
+        }
+        if t.checkpoint_every == Some(0) || t.keep_checkpoints == 0 || t.eval_batch == 0 {
+            return Err(
+                "train.checkpoint_every, train.keep_checkpoints and train.eval_batch must be ≥ 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Total optimisation steps for `n_train` training samples.
+    pub fn total_steps(&self, n_train: usize) -> u64 {
+        match (self.train.steps, self.train.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => {
+                let per_epoch = (n_train / self.train.batch_size).max(1) as f64;
+                (e * per_epoch).ceil().max(1.0) as u64
+            }
+            (None, None) => unreachable!("validated"),
+        }
+    }
+
+    /// The config as TOML, for the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+seed = 3
+[data]
+source = "synthetic_images"
+n_train = 100
+n_test = 20
+[model]
+kind = "cnn"
+channels = [4, 8]
+[train]
+batch_size = 10
+steps = 50
+[train.lr]
+schedule = "triangular"
+min = 0.01
+max = 0.1
+period = 20
+"#;
+
+    #[test]
+    fn round_trips_through_toml() {
+        let cfg = ExperimentConfig::from_toml(GOOD, "good.toml").unwrap();
+        let again = ExperimentConfig::from_toml(&cfg.to_toml(), "again").unwrap();
+        assert_eq!(cfg, again);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let bad = GOOD.replace("batch_size = 10", "batch_size = 10\nbatchsize = 3");
+        let err = ExperimentConfig::from_toml(&bad, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.toml:12:1") && err.contains("batchsize"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("c.toml");
+        std::fs::write(&p, GOOD).unwrap();
+        let cfg = ExperimentConfig::from_file_with(
+            &p,
+            &[
+                "train.steps=7".into(),
+                "model.channels=[2, 3]".into(),
+                "seed=9".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.train.steps, Some(7));
+        assert_eq!(cfg.seed, 9);
+        let err = ExperimentConfig::from_file_with(&p, &["train.stepz=7".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stepz"), "{err}");
+        let err = ExperimentConfig::from_file_with(&p, &["train.lr.max=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.lr.max = -1"), "{err}");
+    }
+
+    #[test]
+    fn negative_learning_rate_is_rejected() {
+        let bad = GOOD.replace("max = 0.1", "max = -0.1");
+        let err = ExperimentConfig::from_toml(&bad, "neg.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.lr.max = -0.1"), "{err}");
+    }
+}
