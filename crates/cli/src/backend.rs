@@ -33,6 +33,25 @@ pub trait Job {
     ) -> anyhow::Result<Self::Output>;
 }
 
+/// One line per backend: what `--backend` values work in this build on this machine.
+pub fn describe() -> String {
+    let wgpu = if cfg!(feature = "wgpu") {
+        #[cfg(feature = "wgpu")]
+        let line = match first_adapter() {
+            Ok(a) => format!("wgpu: adapter {a} (f32)"),
+            Err(e) => format!("wgpu: unavailable: {e}"),
+        };
+        #[cfg(not(feature = "wgpu"))]
+        let line = String::new();
+        line
+    } else {
+        "wgpu: not compiled in (build with the `wgpu` feature)".to_string()
+    };
+    format!(
+        "cpu: burn-flex (f32; --precision f64 runs on ndarray)\nndarray: burn-ndarray (f32, f64)\n{wgpu}"
+    )
+}
+
 /// Runs `job` on the backend the flags name.
 pub fn dispatch<J: Job>(
     kind: BackendKind,
@@ -75,8 +94,16 @@ fn wgpu_run<J: Job>(_job: J) -> anyhow::Result<J::Output> {
 /// The adapter wgpu would use, or a one-line error naming the CPU fallback.
 #[cfg(feature = "wgpu")]
 pub fn first_adapter() -> anyhow::Result<String> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    // burn's wgpu backend runs on Metal on macOS and on Vulkan everywhere else; look there.
+    let native = if cfg!(target_os = "macos") {
+        wgpu::Backends::METAL
+    } else {
+        wgpu::Backends::VULKAN
+    };
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = native;
+    let instance = wgpu::Instance::new(desc);
+    let adapters = pollster::block_on(instance.enumerate_adapters(native));
     let best = adapters
         .iter()
         .map(|a| a.get_info())

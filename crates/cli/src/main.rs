@@ -1,6 +1,9 @@
 //! The `noisegeom` command line. It owns the terminal: results go to stdout, progress bars
 //! and logs to stderr, and every error is one line on stderr with a nonzero exit.
 
+// The one crate allowed to write to the terminal (the library crates deny it).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 mod backend;
 mod cmd;
 mod env;
@@ -61,6 +64,25 @@ enum Command {
         overrides: Vec<String>,
         #[command(flatten)]
         compute: Compute,
+    },
+    /// List the backends this build can use, and the wgpu adapter if there is one.
+    Backends,
+    /// Time workloads (median of repeats after a warm-up) on one or more backends, side by side.
+    Bench {
+        /// Backends to compare in this one run, e.g. cpu,ndarray.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
+        backends: Vec<BackendKind>,
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Precision,
+        /// Workloads (default: all): train-fnn, train-cnn.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
+        /// Timed repeats after the warm-up (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Also write the timings as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Inspect datasets.
     Data {
@@ -157,5 +179,36 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Data {
             command: DataCommand::Info { path },
         } => cmd::data::info(&path),
+        Command::Backends => Ok(backend::describe()),
+        Command::Bench {
+            backends,
+            precision,
+            workloads,
+            repeats,
+            json,
+        } => {
+            let workloads = if workloads.is_empty() {
+                cmd::bench::WORKLOADS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                workloads
+            };
+            let mut all = Vec::new();
+            for b in &backends {
+                let job = cmd::bench::BenchJob {
+                    workloads: workloads.clone(),
+                    repeats: repeats.max(1),
+                };
+                all.extend(dispatch(*b, precision, job)?);
+            }
+            if let Some(path) = json {
+                let doc = serde_json::json!({"env": env::env_info("several", 0, &std::env::args().collect::<Vec<_>>()), "timings": all});
+                std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            Ok(cmd::bench::table(&all))
+        }
     }
 }

@@ -51,7 +51,7 @@ impl Observer for Progress {
 
     fn stepped(&mut self, step: u64, loss: f64, lr: f64) {
         self.bar.set_position(step);
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             self.bar.set_message(format!("loss {loss:.4} lr {lr:.4}"));
         }
     }

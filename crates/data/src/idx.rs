@@ -232,8 +232,11 @@ mod tests {
     fn debian_fashion_mnist_when_installed() {
         let dir = Path::new(DEBIAN_FASHION_MNIST);
         if !dir.is_dir() {
-            eprintln!(
-                "SKIPPED: {DEBIAN_FASHION_MNIST} not installed (apt-get install dataset-fashion-mnist)"
+            // Written past the test harness's capture so the skip is always visible.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED debian_fashion_mnist_when_installed: {DEBIAN_FASHION_MNIST} is not installed (apt-get install dataset-fashion-mnist)"
             );
             return;
         }

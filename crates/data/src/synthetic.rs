@@ -150,7 +150,7 @@ pub fn teacher_images(
     classes: usize,
     seed: u64,
 ) -> Result<Dataset, DataError> {
-    if size % 4 != 0 || n == 0 || !(2..=255).contains(&classes) {
+    if !size.is_multiple_of(4) || n == 0 || !(2..=255).contains(&classes) {
         return Err(DataError::Synthetic(format!(
             "teacher images need size divisible by 4, n ≥ 1 and 2..=255 classes (got size {size}, n {n}, classes {classes})"
         )));

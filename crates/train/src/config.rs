@@ -129,7 +129,16 @@ impl ExperimentConfig {
                     .as_table_mut()
                     .ok_or_else(|| err(format!("--set {o}: `{part}` is not a table")))?;
             }
-            node.insert(parts[parts.len() - 1].to_string(), value);
+            let leaf = parts[parts.len() - 1];
+            // `steps` and `epochs` are alternatives: setting one clears the other.
+            if parts.len() == 2 && parts[0] == "train" {
+                match leaf {
+                    "steps" => drop(node.remove("epochs")),
+                    "epochs" => drop(node.remove("steps")),
+                    _ => {}
+                }
+            }
+            node.insert(leaf.to_string(), value);
         }
         let cfg: ExperimentConfig = toml::Value::Table(table)
             .try_into()

@@ -309,6 +309,9 @@ pub fn train<B: AutodiffBackend>(
         if done % ckpt_every == 0 || done == total || stop {
             let t2 = Instant::now();
             let path = ckpt_dir.join(checkpoint::file_name(done));
+            // The event goes in first, so the log a checkpoint restores includes it.
+            log.write(&json!({"kind": "checkpoint", "step": done}))
+                .map_err(log_err)?;
             let log_bytes = log.sync().map_err(log_err)?;
             Checkpoint {
                 step: done,
@@ -320,13 +323,10 @@ pub fn train<B: AutodiffBackend>(
             .save(&path)
             .map_err(io(&path))?;
             prune(&ckpt_dir, t.keep_checkpoints);
-            log.write(&json!({"kind": "checkpoint", "step": done}))
-                .map_err(log_err)?;
             ckpt_s += t2.elapsed().as_secs_f64();
             observer.checkpointed(done, &path);
             last_ckpt = Some(path.clone());
             if stop && done < total {
-                log.sync().map_err(log_err)?;
                 return Ok(Outcome::Interrupted {
                     step: done,
                     checkpoint: path,

@@ -1,0 +1,173 @@
+//! `noisegeom bench`: timed workloads, each with a warm-up and the median of several
+//! repeats. Compilation and autotuning happen in the warm-up and are reported apart.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use noisegeom_models::{Activation, ModelConfig, Net, RandomInit, mse};
+use noisegeom_train::{Sgd, SgdConfig};
+use serde::Serialize;
+
+use crate::backend::Job;
+
+/// One timed workload on one backend.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    pub workload: String,
+    pub backend: String,
+    /// The first (warm-up) call, which includes kernel compilation and autotuning.
+    pub warmup_s: f64,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub repeats: usize,
+    /// Work units per second at the median (samples/s for training).
+    pub throughput: f64,
+    pub unit: String,
+}
+
+pub struct BenchJob {
+    pub workloads: Vec<String>,
+    pub repeats: usize,
+}
+
+pub const WORKLOADS: &[&str] = &["train-fnn", "train-cnn"];
+
+fn time_it(repeats: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
+    let t = Instant::now();
+    f();
+    let warm = t.elapsed().as_secs_f64();
+    let mut times: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (warm, times)
+}
+
+fn model_for(workload: &str) -> (ModelConfig, Vec<usize>) {
+    match workload {
+        "train-fnn" => (
+            ModelConfig::Fnn {
+                hidden: vec![512, 512, 512],
+                activation: Activation::Relu,
+                bias: true,
+                init: Default::default(),
+            },
+            vec![3 * 32 * 32],
+        ),
+        _ => (
+            ModelConfig::Cnn {
+                channels: vec![32, 64, 64],
+                activation: Activation::Relu,
+                head: Default::default(),
+                bias: true,
+                init: Default::default(),
+            },
+            vec![3, 32, 32],
+        ),
+    }
+}
+
+impl Job for BenchJob {
+    type Output = Vec<Timing>;
+
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: &str,
+    ) -> anyhow::Result<Vec<Timing>> {
+        let mut out = Vec::new();
+        for w in &self.workloads {
+            if !WORKLOADS.contains(&w.as_str()) {
+                anyhow::bail!(
+                    "unknown workload `{w}`; choose from {}",
+                    WORKLOADS.join(", ")
+                );
+            }
+            let batch = 128;
+            let (cfg, shape) = model_for(w);
+            let arch = cfg.arch(&shape, 10, 0)?;
+            let d: usize = shape.iter().product();
+            let mut model = Some(Net::<B>::build(
+                arch,
+                &mut RandomInit::new(&device, cfg.init(), 0),
+            )?);
+            let x: Vec<f32> = (0..batch * d)
+                .map(|k| ((k * 7919 % 1000) as f32) / 1000.0 - 0.5)
+                .collect();
+            let y: Vec<f32> = (0..batch * 10)
+                .map(|k| if k % 11 == 0 { 1.0 } else { 0.0 })
+                .collect();
+            let x = Tensor::<B, 2>::from_data(TensorData::new(x, [batch, d]), &device);
+            let y = Tensor::<B, 2>::from_data(TensorData::new(y, [batch, 10]), &device);
+            let mut sgd = Sgd::<B::InnerBackend>::new(SgdConfig {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            });
+            let (warm, times) = time_it(self.repeats, || {
+                let m = model.take().expect("model");
+                let loss = mse(m.forward(x.clone()), y.clone());
+                let grads = loss.backward();
+                let m = sgd.step(m, &grads, 0.01);
+                // Wait for the device: read one value back.
+                let _ = loss_sync::<B>(&m);
+                model = Some(m);
+            });
+            let median = times[times.len() / 2];
+            out.push(Timing {
+                workload: w.clone(),
+                backend: backend.to_string(),
+                warmup_s: warm,
+                median_s: median,
+                min_s: times[0],
+                max_s: times[times.len() - 1],
+                repeats: self.repeats,
+                throughput: batch as f64 / median,
+                unit: "samples/s".into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Forces pending device work to finish by reading a parameter back.
+fn loss_sync<B: AutodiffBackend>(m: &Net<B>) -> f64 {
+    noisegeom_models::params::flatten_device(m)
+        .narrow(0, 0, 1)
+        .into_data()
+        .iter::<f64>()
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// A text table with, per workload, each backend's median and its ratio to the first.
+pub fn table(all: &[Timing]) -> String {
+    let mut s = format!(
+        "{:<12} {:<28} {:>10} {:>12} {:>10} {:>14}\n",
+        "workload", "backend", "warmup s", "median s", "ratio", "throughput"
+    );
+    for t in all {
+        let base = all
+            .iter()
+            .find(|b| b.workload == t.workload)
+            .map(|b| b.median_s)
+            .unwrap_or(t.median_s);
+        s += &format!(
+            "{:<12} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>9.0} {}\n",
+            t.workload,
+            t.backend,
+            t.warmup_s,
+            t.median_s,
+            t.median_s / base,
+            t.throughput,
+            t.unit
+        );
+    }
+    s
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of the `noisegeom` binary, organised by topic.
+
+/// Every bad input gives one line on stderr, exit code 2, and no panic.
+mod bad_inputs;
+/// Training on files in the official CIFAR-10 binary format; `data info`.
+mod cifar_format;
+/// Determinism, interruption and resume.
+mod reproducibility;
+/// The wgpu backend against the CPU on tiny shapes (needs a Vulkan driver; lavapipe will do).
+mod wgpu;
+
+mod support;

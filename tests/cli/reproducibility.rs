@@ -1,0 +1,197 @@
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::{noisegeom, run};
+
+/// A quickstart-shaped run small enough for a test: 120 steps, checkpoints every 4.
+fn args(out: &str) -> Vec<&str> {
+    vec![
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--out",
+        out,
+        "--set",
+        "data.n_train=256",
+        "--set",
+        "data.n_test=64",
+        "--set",
+        "model.channels=[4,8,8]",
+        "--set",
+        "train.steps=120",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.momentum=0.9",
+        "--set",
+        "train.eval_every=8",
+        "--set",
+        "train.checkpoint_every=4",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.lr.period=16",
+    ]
+}
+
+fn losses(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn same_seed_same_losses_on_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        let out = run(&args(d.to_str().unwrap()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 120);
+    assert_eq!(la, lb, "losses differ between two runs with the same seed");
+    let c = tmp.path().join("c");
+    let mut other = args(c.to_str().unwrap());
+    other.extend(["--seed", "1"]);
+    assert!(run(&other).status.success());
+    assert_ne!(
+        losses(&c),
+        la,
+        "a different seed should change the trajectory"
+    );
+}
+
+#[test]
+fn killed_run_resumes_to_the_identical_state_and_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    assert!(run(&args(whole.to_str().unwrap())).status.success());
+
+    // Kill -9 once a checkpoint past the first has landed, then resume.
+    let cut = tmp.path().join("cut");
+    let mut child = noisegeom()
+        .args(args(cut.to_str().unwrap()))
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let n = std::fs::read_dir(cut.join("checkpoints"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if n >= 2 || t0.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A pseudo-random extra delay, so the kill lands at varying steps.
+    let jitter = t0.elapsed().subsec_nanos() % 30;
+    std::thread::sleep(Duration::from_millis(jitter as u64));
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before it could be killed; make it longer"
+    );
+    let out = run(&["train", "--resume", cut.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (a, b) = (
+        std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap(),
+        std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap(),
+    );
+    if a != b {
+        let first = a.lines().zip(b.lines()).position(|(x, y)| x != y);
+        panic!(
+            "metrics.jsonl of the resumed run differs from the uninterrupted run at line {first:?}: {:?} vs {:?}",
+            first.map(|i| a.lines().nth(i)),
+            first.map(|i| b.lines().nth(i))
+        );
+    }
+    let last = "checkpoints/step-0000000120.ckpt";
+    assert_eq!(
+        std::fs::read(whole.join(last)).unwrap(),
+        std::fs::read(cut.join(last)).unwrap(),
+        "final parameters and momentum differ bitwise"
+    );
+}
+
+#[test]
+fn a_second_run_into_the_same_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("r");
+    let mut a = args(d.to_str().unwrap());
+    a.extend(["--set", "train.steps=2"]);
+    assert!(run(&a).status.success());
+    let out = run(&a);
+    crate::support::assert_one_line_error(&out, &["already holds a run", "--resume"]);
+}
+
+#[test]
+fn sigint_checkpoints_and_exits_cleanly_then_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    assert!(run(&args(whole.to_str().unwrap())).status.success());
+
+    let cut = tmp.path().join("cut");
+    let child = noisegeom()
+        .args(args(cut.to_str().unwrap()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_dir(cut.join("checkpoints"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        < 1
+        && t0.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "SIGINT should exit cleanly: {stdout}");
+    assert!(stdout.contains("interrupted after step"), "{stdout}");
+    assert!(stdout.contains("--resume"), "{stdout}");
+
+    let out = run(&["train", "--resume", cut.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The interruption adds one checkpoint event; every other event is identical.
+    let events = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("\"kind\":\"checkpoint\""))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        events(&whole) == events(&cut),
+        "step/eval events differ after SIGINT + resume"
+    );
+    let last = "checkpoints/step-0000000120.ckpt";
+    // Parameters and momentum are bitwise equal (the header's log length is not).
+    let load = |d: &Path| noisegeom_train::checkpoint::Checkpoint::load(&d.join(last)).unwrap();
+    let (a, b) = (load(&whole), load(&cut));
+    assert!(a.params == b.params && a.momentum == b.momentum);
+}

@@ -1,0 +1,81 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (configs/ lives there).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn noisegeom() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_noisegeom"));
+    c.current_dir(root());
+    c.env("NOISEGEOM_LOG", "warn");
+    // Mesa and the Vulkan loader complain on stderr without it.
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    noisegeom().args(args).output().expect("binary runs")
+}
+
+/// Asserts a failure with exactly one line on stderr that contains every `needle`.
+pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "missing `{n}` in: {stderr}");
+    }
+}
+
+/// Writes the six CIFAR-10 binary files (official size) with pseudo-random pixels and
+/// labels that are a simple function of the pixels, so a net can learn something.
+pub fn write_cifar(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let names = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for name in names {
+        let mut bytes = Vec::with_capacity(10_000 * 3073);
+        for _ in 0..10_000 {
+            let mut px = [0u8; 3072];
+            for p in px.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *p = (state >> 56) as u8;
+            }
+            let label = (px[..64].iter().map(|&v| v as u32).sum::<u32>() % 10) as u8;
+            bytes.push(label);
+            bytes.extend_from_slice(&px);
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// Tiny overrides that make any config run in seconds.
+pub const TINY: &[&str] = &[
+    "--set",
+    "train.steps=6",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.eval_every=3",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.eval_batch=50",
+];
