@@ -4,6 +4,8 @@
 mod bad_inputs;
 /// Training on files in the official CIFAR-10 binary format; `data info`.
 mod cifar_format;
+/// `measure` and `export`.
+mod geometry;
 /// Determinism, interruption and resume.
 mod reproducibility;
 /// The wgpu backend against the CPU on tiny shapes (needs a Vulkan driver; lavapipe will do).

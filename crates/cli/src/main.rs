@@ -65,6 +65,84 @@ enum Command {
         #[command(flatten)]
         compute: Compute,
     },
+    /// Measure the noise geometry of a checkpoint (or of the initialisation) over a probe set:
+    /// μ, g(θ, v), top-k eigenpairs of G and H with noise energy α_k, spectral densities.
+    Measure {
+        /// A run directory: its newest checkpoint is measured.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+        run: Option<PathBuf>,
+        /// An experiment config; with --at-init, the freshly initialised model is measured.
+        #[arg(long, requires = "at_init")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        at_init: bool,
+        /// Override config values (with --config), as for `train`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Dataset folder, overriding the config's.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Probe samples: a seeded (class-balanced when possible) subset of the training set.
+        #[arg(long, default_value_t = 1000)]
+        probe_size: usize,
+        #[arg(long, default_value_t = 0)]
+        probe_seed: u64,
+        /// What to compute.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "mu,directional,spectrum"
+        )]
+        what: Vec<cmd::measure::What>,
+        /// Eigenpairs to report.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Lanczos steps (default 2k + 20).
+        #[arg(long)]
+        lanczos_iters: Option<usize>,
+        /// exact (Gram), stochastic (Hutchinson), or auto (exact when it fits --max-gram-gb).
+        #[arg(long, value_enum, default_value = "auto")]
+        method: MethodArg,
+        /// Rademacher draws for the stochastic estimators.
+        #[arg(long, default_value_t = 64)]
+        hutchinson_samples: usize,
+        /// Skip the Hessian (its Lanczos costs about twice G's).
+        #[arg(long)]
+        no_hessian: bool,
+        /// Samples per forward pass (bounds memory).
+        #[arg(long, default_value_t = 256)]
+        chunk: usize,
+        /// Memory budget for the exact Gram's per-sample features, in GB.
+        #[arg(long, default_value_t = 4.0)]
+        max_gram_gb: f64,
+        /// Results file (default: RUN_DIR/measure-step-N.json, or measure-<model>-init.json).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        compute: Compute,
+    },
+    /// Write θ and the probe set as safetensors (PyTorch layouts), to recompute any number
+    /// elsewhere.
+    Export {
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+        run: Option<PathBuf>,
+        #[arg(long, requires = "at_init")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        at_init: bool,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        probe_size: usize,
+        #[arg(long, default_value_t = 0)]
+        probe_seed: u64,
+        /// Output file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// List the backends this build can use, and the wgpu adapter if there is one.
     Backends,
     /// Time workloads (median of repeats after a warm-up) on one or more backends, side by side.
@@ -89,6 +167,14 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+}
+
+/// `--method` of `measure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MethodArg {
+    Auto,
+    Exact,
+    Stochastic,
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,6 +266,70 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             command: DataCommand::Info { path },
         } => cmd::data::info(&path),
         Command::Backends => Ok(backend::describe()),
+        Command::Measure {
+            run,
+            config,
+            at_init: _,
+            overrides,
+            data,
+            probe_size,
+            probe_seed,
+            what,
+            k,
+            lanczos_iters,
+            method,
+            hutchinson_samples,
+            no_hessian,
+            chunk,
+            max_gram_gb,
+            out,
+            compute,
+        } => {
+            let job = cmd::measure::MeasureJob {
+                run,
+                config,
+                overrides,
+                data,
+                probe_size,
+                probe_seed,
+                what,
+                k,
+                iters: lanczos_iters,
+                method: match method {
+                    MethodArg::Auto => noisegeom_metrics::Method::Auto,
+                    MethodArg::Exact => noisegeom_metrics::Method::Exact,
+                    MethodArg::Stochastic => noisegeom_metrics::Method::Stochastic,
+                },
+                hutchinson_samples,
+                no_hessian,
+                chunk,
+                max_gram_gb,
+                out,
+            };
+            dispatch(compute.backend, compute.precision, job)
+        }
+        Command::Export {
+            run,
+            config,
+            at_init: _,
+            overrides,
+            data,
+            probe_size,
+            probe_seed,
+            out,
+        } => {
+            let job = cmd::measure::ExportJob {
+                run,
+                config,
+                overrides,
+                data,
+                probe_size,
+                probe_seed,
+                out,
+            };
+            // Export only reads values; f64 keeps θ exactly as checkpointed.
+            dispatch(BackendKind::Ndarray, Precision::F64, job)
+        }
         Command::Bench {
             backends,
             precision,

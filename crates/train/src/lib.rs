@@ -25,7 +25,8 @@ pub use config::{ExperimentConfig, LossKind, TrainSettings};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{
-    Eval, Observer, Outcome, RunOptions, SetStats, Silent, Summary, evaluate, train,
+    Eval, Observer, Outcome, RunOptions, SetStats, Silent, Summary, evaluate, newest_checkpoint,
+    train,
 };
 
 use std::path::PathBuf;

@@ -417,8 +417,9 @@ pub fn evaluate<B: Backend>(
     }
 }
 
-/// The newest checkpoint that loads; damaged ones are skipped with a warning.
-fn newest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>, TrainError> {
+/// The newest checkpoint in a run's `checkpoints/` folder that loads; damaged ones are
+/// skipped with a warning.
+pub fn newest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>, TrainError> {
     for (_, path) in checkpoint::list(dir).into_iter().rev() {
         match Checkpoint::load(&path) {
             Ok(ck) => return Ok(Some((path, ck))),

@@ -1,0 +1,277 @@
+//! The exact Gram matrix K = J Jᵀ ∈ R^{nc×nc} over the probe set, built layer by layer from
+//! per-sample backprop signals, without forming J.
+//!
+//! Zero "probe" leaves are added after every parametric layer (`z + probe`). One backward of
+//! Σ_{i,o} f_o(x_i)·[o = copy] over c stacked copies of the batch gives, at every layer, the
+//! signal δ_{i,o} = ∂f_o(x_i)/∂z_i for all samples and outputs at once (samples do not
+//! interact: there is no BatchNorm). Then, per layer:
+//!
+//! - affine `z = aWᵀ + b`: the per-sample gradient is δ_{i,o} ⊗ [a_i, 1], so its Gram
+//!   contribution is ([a_i,1]·[a_j,1]) (δ_{i,o}·δ_{j,o'}): two small Gram matrices and a
+//!   Hadamard product, never the gradient itself;
+//! - convolution: the per-sample gradient Δ_{i,o} U_iᵀ (U the im2col patches) is formed for
+//!   each (i, o) and contributes R Rᵀ;
+//! - Hadamard `z = a ⊙ w`: the gradient a_i ⊙ δ_{i,o} is formed and contributes R Rᵀ.
+//!
+//! K is returned on the host in f64, sample-major: row `i·c + o`, so the c×c block (i, j) is
+//! K_ij = J_i J_jᵀ.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::unfold4d;
+use burn::tensor::ops::UnfoldOptions;
+use burn::tensor::{Tensor, TensorData};
+use noisegeom_models::{ConvGeom, Tap};
+
+use crate::nested::{Ad, to_host};
+use crate::{GeometryError, ProbeOps};
+
+/// The Gram matrix and its shape.
+#[derive(Clone, Debug)]
+pub struct Gram {
+    pub n: usize,
+    pub c: usize,
+    /// (n·c)² entries, row-major, sample-major rows.
+    pub k: Vec<f64>,
+}
+
+impl Gram {
+    pub fn dim(&self) -> usize {
+        self.n * self.c
+    }
+
+    pub fn at(&self, r: usize, s: usize) -> f64 {
+        self.k[r * self.dim() + s]
+    }
+}
+
+enum Record<B: Backend> {
+    Dense {
+        input: Tensor<B, 2>,
+        probe: Tensor<Ad<B>, 2>,
+        bias: bool,
+    },
+    Conv {
+        input: Tensor<B, 4>,
+        probe: Tensor<Ad<B>, 4>,
+        geom: ConvGeom,
+        bias: bool,
+    },
+    Hadamard {
+        input: Tensor<B, 2>,
+        probe: Tensor<Ad<B>, 2>,
+    },
+}
+
+struct GramTap<B: Backend> {
+    records: Vec<Record<B>>,
+}
+
+impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
+    fn dense(
+        &mut self,
+        input: &Tensor<Ad<B>, 2>,
+        z: Tensor<Ad<B>, 2>,
+        bias: bool,
+    ) -> Tensor<Ad<B>, 2> {
+        let probe = Tensor::zeros(z.dims(), &z.device()).require_grad();
+        self.records.push(Record::Dense {
+            input: input.clone().inner(),
+            probe: probe.clone(),
+            bias,
+        });
+        z + probe
+    }
+
+    fn conv(
+        &mut self,
+        input: &Tensor<Ad<B>, 4>,
+        z: Tensor<Ad<B>, 4>,
+        geom: ConvGeom,
+        bias: bool,
+    ) -> Tensor<Ad<B>, 4> {
+        let probe = Tensor::zeros(z.dims(), &z.device()).require_grad();
+        self.records.push(Record::Conv {
+            input: input.clone().inner(),
+            probe: probe.clone(),
+            geom,
+            bias,
+        });
+        z + probe
+    }
+
+    fn hadamard(&mut self, input: &Tensor<Ad<B>, 2>, z: Tensor<Ad<B>, 2>) -> Tensor<Ad<B>, 2> {
+        let probe = Tensor::zeros(z.dims(), &z.device()).require_grad();
+        self.records.push(Record::Hadamard {
+            input: input.clone().inner(),
+            probe: probe.clone(),
+        });
+        z + probe
+    }
+}
+
+/// What one chunk of samples contributes, per layer: either the two factors of the affine
+/// identity, or materialised per-(sample, output) gradient rows.
+enum Feature<B: Backend> {
+    /// `a`: `[b, in (+1)]` layer inputs; `delta`: `[c·b, out]`, rows output-major (o·b + i).
+    Affine {
+        a: Tensor<B, 2>,
+        delta: Tensor<B, 2>,
+    },
+    /// `[c·b, q]` gradient rows, output-major.
+    Rows(Tensor<B, 2>),
+}
+
+/// Bytes the stored features of one sample take, per layer kind, for the memory check.
+fn feature_floats<B: Backend>(records: &[Record<B>], b: usize, c: usize) -> usize {
+    records
+        .iter()
+        .map(|r| match r {
+            Record::Dense { input, probe, .. } => input.dims()[1] + 1 + c * probe.dims()[1],
+            Record::Conv {
+                input,
+                probe,
+                geom,
+                bias,
+            } => {
+                let [_, cin, _, _] = input.dims();
+                let cout = probe.dims()[1];
+                c * (cout * cin * geom.kernel * geom.kernel + if *bias { cout } else { 0 })
+            }
+            Record::Hadamard { input, .. } => c * input.dims()[1],
+        })
+        .sum::<usize>()
+        * b
+}
+
+/// Computes K over the probe set of `ops`, `chunk` samples at a time. Fails with a clear
+/// message if the stored per-sample features would exceed `max_bytes`.
+pub fn gram<B: Backend>(
+    ops: &ProbeOps<B>,
+    chunk: usize,
+    max_bytes: usize,
+) -> Result<Gram, GeometryError> {
+    let (n, c) = (ops.n, ops.c);
+    let chunk = chunk.clamp(1, n);
+    let elem = std::mem::size_of::<B::FloatElem>();
+    let mut chunks: Vec<(usize, usize, Vec<Feature<B>>)> = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        let b = chunk.min(n - start);
+        let x = ops.x.clone().narrow(0, start, b).repeat_dim(0, c);
+        let mut tap = GramTap {
+            records: Vec::new(),
+        };
+        let out = ops
+            .net_ad()
+            .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
+        let mut sel = vec![0.0f64; c * b * c];
+        for o in 0..c {
+            for i in 0..b {
+                sel[(o * b + i) * c + o] = 1.0;
+            }
+        }
+        let sel = Tensor::<Ad<B>, 2>::from_data(TensorData::new(sel, [c * b, c]), &ops.device);
+        if start == 0 {
+            let need = feature_floats(&tap.records, n, c) * elem;
+            if need > max_bytes {
+                return Err(GeometryError::Budget(format!(
+                    "the exact Gram needs about {:.1} GB of per-sample features for n = {n} probe samples and c = {c} outputs (limit {:.1} GB); lower the probe size, raise the limit, or use the stochastic (Hutchinson) estimator",
+                    need as f64 / 1e9,
+                    max_bytes as f64 / 1e9
+                )));
+            }
+        }
+        let grads = (out * sel).sum().backward();
+        let mut feats = Vec::with_capacity(tap.records.len());
+        for rec in tap.records {
+            feats.push(match rec {
+                Record::Dense { input, probe, bias } => {
+                    let delta = probe.grad(&grads).expect("probe reached");
+                    let a = input.narrow(0, 0, b);
+                    let a = if bias {
+                        let ones = Tensor::<B, 2>::ones([b, 1], &ops.device);
+                        Tensor::cat(vec![a, ones], 1)
+                    } else {
+                        a
+                    };
+                    Feature::Affine { a, delta }
+                }
+                Record::Conv {
+                    input,
+                    probe,
+                    geom,
+                    bias,
+                } => {
+                    let delta = probe.grad(&grads).expect("probe reached");
+                    let [rows, cout, h, w] = delta.dims();
+                    let delta = delta.reshape([rows, cout, h * w]);
+                    // Patches of the first copy, repeated for the c copies: [c·b, P, cin·k²].
+                    let u = unfold4d(
+                        input.narrow(0, 0, b),
+                        [geom.kernel, geom.kernel],
+                        UnfoldOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1]),
+                    )
+                    .repeat_dim(0, c)
+                    .swap_dims(1, 2);
+                    let gw = delta.clone().matmul(u); // [c·b, cout, cin·k²]
+                    let [_, _, q] = gw.dims();
+                    let mut parts = vec![gw.reshape([rows, cout * q])];
+                    if bias {
+                        parts.push(delta.sum_dim(2).reshape([rows, cout]));
+                    }
+                    Feature::Rows(Tensor::cat(parts, 1))
+                }
+                Record::Hadamard { input, probe } => {
+                    let delta = probe.grad(&grads).expect("probe reached");
+                    Feature::Rows(input * delta)
+                }
+            });
+        }
+        chunks.push((start, b, feats));
+    }
+
+    let dim = n * c;
+    let mut k = vec![0.0; dim * dim];
+    for (ci, (si, bi, fi)) in chunks.iter().enumerate() {
+        for (sj, bj, fj) in chunks.iter().skip(ci) {
+            let mut block: Option<Tensor<B, 2>> = None;
+            for (a, b) in fi.iter().zip(fj) {
+                let term = match (a, b) {
+                    (
+                        Feature::Affine { a: ai, delta: di },
+                        Feature::Affine { a: aj, delta: dj },
+                    ) => {
+                        let s = ai.clone().matmul(aj.clone().transpose()).repeat(&[c, c]);
+                        s * di.clone().matmul(dj.clone().transpose())
+                    }
+                    (Feature::Rows(ri), Feature::Rows(rj)) => {
+                        ri.clone().matmul(rj.clone().transpose())
+                    }
+                    _ => unreachable!("same layers in every chunk"),
+                };
+                block = Some(match block {
+                    Some(acc) => acc + term,
+                    None => term,
+                });
+            }
+            let Some(block) = block else {
+                continue;
+            };
+            let host = to_host(block);
+            // Block rows are (o, i) output-major within the chunk; K is sample-major.
+            for o in 0..c {
+                for i in 0..*bi {
+                    let r = (si + i) * c + o;
+                    for o2 in 0..c {
+                        for j in 0..*bj {
+                            let s = (sj + j) * c + o2;
+                            let v = host[(o * bi + i) * (c * bj) + o2 * bj + j];
+                            k[r * dim + s] = v;
+                            k[s * dim + r] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Gram { n, c, k })
+}

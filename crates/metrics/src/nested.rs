@@ -1,0 +1,125 @@
+//! Nested autodiff, `Autodiff<Autodiff<B>>`: the route to exact second-order products.
+//!
+//! A network is built on the doubly nested backend from a host θ. A backward pass in the
+//! outer graph returns gradients that are themselves tensors of the inner autodiff backend,
+//! recorded in the inner graph; a second backward differentiates them again:
+//!
+//! - Hv: the inner copies of θ are leaves, g = ∂L/∂θ (outer), then ∂⟨g, v⟩/∂θ (inner) = Hv.
+//! - Jv (double-VJP trick): with a dummy cotangent u (an inner leaf), g(u) = Jᵀu is linear in
+//!   u, and ∂⟨Jᵀu, v⟩/∂u = Jv.
+
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use noisegeom_models::{ParamInit, ParamSource};
+
+/// One level of autodiff over `B`.
+pub type Ad<B> = Autodiff<B>;
+/// Two levels of autodiff over `B`.
+pub type Ad2<B> = Autodiff<Autodiff<B>>;
+
+/// Builds a network on `Ad2<B>` from host values. With `inner_grad`, each parameter's inner
+/// (`Ad<B>`) copy is a leaf that requires grad, so Hessian products can reach it.
+pub struct NestedSource<'a, B: Backend> {
+    pub device: &'a B::Device,
+    pub values: &'a [f64],
+    pub offset: usize,
+    pub inner_grad: bool,
+}
+
+impl<B: Backend> ParamSource<Ad2<B>> for NestedSource<'_, B> {
+    fn param<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        _: ParamInit,
+    ) -> Param<Tensor<Ad2<B>, D>> {
+        let len: usize = shape.iter().product();
+        let v = self.values[self.offset..self.offset + len].to_vec();
+        self.offset += len;
+        let base = Tensor::<B, D>::from_data(TensorData::new(v, shape), self.device);
+        let inner = Tensor::<Ad<B>, D>::from_inner(base);
+        let inner = if self.inner_grad {
+            inner.require_grad()
+        } else {
+            inner
+        };
+        Param::from_tensor(Tensor::from_inner(inner))
+    }
+}
+
+/// The gradient of every parameter of an autodiff module, flattened and concatenated in
+/// flat-θ order; zeros for a parameter the loss does not reach.
+pub fn flat_grad<A: AutodiffBackend, M: Module<A>>(
+    module: &M,
+    grads: &A::Gradients,
+) -> Tensor<A::InnerBackend, 1> {
+    struct Collect<'g, A: AutodiffBackend> {
+        grads: &'g A::Gradients,
+        out: Vec<Tensor<A::InnerBackend, 1>>,
+    }
+    impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            let t = param.val();
+            let g = match t.grad(self.grads) {
+                Some(g) => g.flatten::<1>(0, D - 1),
+                None => Tensor::zeros([t.shape().num_elements()], &t.device()),
+            };
+            self.out.push(g);
+        }
+    }
+    let mut c = Collect::<A> {
+        grads,
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    Tensor::cat(c.out, 0)
+}
+
+/// The gradient with respect to the inner leaves of an `Ad2<B>` module (built with
+/// `inner_grad`), flattened in flat-θ order.
+pub fn flat_inner_grad<B: Backend, M: Module<Ad2<B>>>(
+    module: &M,
+    grads: &<Ad<B> as AutodiffBackend>::Gradients,
+) -> Tensor<B, 1> {
+    struct Collect<'g, B: Backend> {
+        grads: &'g <Ad<B> as AutodiffBackend>::Gradients,
+        out: Vec<Tensor<B, 1>>,
+    }
+    impl<B: Backend> ModuleVisitor<Ad2<B>> for Collect<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Ad2<B>, D>>) {
+            let leaf = param.val().inner();
+            let g = match leaf.grad(self.grads) {
+                Some(g) => g.flatten::<1>(0, D - 1),
+                None => Tensor::zeros([leaf.shape().num_elements()], &leaf.device()),
+            };
+            self.out.push(g);
+        }
+    }
+    let mut c = Collect::<B> {
+        grads,
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    Tensor::cat(c.out, 0)
+}
+
+/// Host values to a device vector.
+pub fn to_device<B: Backend>(v: &[f64], device: &B::Device) -> Tensor<B, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+}
+
+/// Host values to a device matrix.
+pub fn to_device2<B: Backend>(
+    v: &[f64],
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [rows, cols]), device)
+}
+
+/// A device tensor back to host f64, row-major.
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data().iter::<f64>().collect()
+}

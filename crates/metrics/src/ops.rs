@@ -1,0 +1,344 @@
+//! Matrix-free operators over a fixed probe set (SPEC §3): residuals, loss, gradient, J v,
+//! Jᵀw, G v, M v, Σ₁ v, H v and the quadratic forms along one direction.
+//!
+//! Vectors in parameter space are host `f64` slices in flat-θ order; vectors in output space
+//! are host `f64` slices of length n·c, sample-major (`i·c + o`). Work is done on the device in
+//! micro-batches of `chunk` samples and summed on the host in f64, so memory stays bounded and
+//! nothing of size p×p or n×p is ever formed.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use noisegeom_models::{Arch, FlatSource, Net};
+
+use crate::GeometryError;
+use crate::nested::{
+    Ad, Ad2, NestedSource, flat_grad, flat_inner_grad, to_device, to_device2, to_host,
+};
+
+/// The probe set and θ, with the networks each product needs.
+pub struct ProbeOps<B: Backend> {
+    pub arch: Arch,
+    pub device: B::Device,
+    /// Probe inputs `[n, d]` and targets `[n, c]` on the device.
+    pub x: Tensor<B, 2>,
+    pub y: Tensor<B, 2>,
+    pub n: usize,
+    pub c: usize,
+    pub p: usize,
+    pub chunk: usize,
+    theta: Vec<f64>,
+    net: Net<B>,
+    net_ad: Net<Ad<B>>,
+    net_jvp: Net<Ad2<B>>,
+    net_hvp: Net<Ad2<B>>,
+    residuals: Vec<f64>,
+    grad: Vec<f64>,
+}
+
+/// The quadratic forms of SPEC §3 along one direction u, from a single JVP.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuadForms {
+    /// uᵀGu = (1/n) Σ_i ||s_i||², s = Ju.
+    pub g: f64,
+    /// uᵀMu = (1/n) Σ_i (e_i·s_i)².
+    pub m: f64,
+    /// ∇L·u = (1/n) Σ_i e_i·s_i.
+    pub grad_dot: f64,
+}
+
+impl QuadForms {
+    /// uᵀΣ₁u = uᵀMu − (∇L·u)².
+    pub fn sigma(&self) -> f64 {
+        self.m - self.grad_dot * self.grad_dot
+    }
+}
+
+impl<B: Backend> ProbeOps<B> {
+    /// `x` is `[n, d]`, `y` is `[n, c]`, both host row-major. `chunk` samples go through the
+    /// network at a time.
+    pub fn new(
+        arch: Arch,
+        theta: &[f64],
+        x: &[f64],
+        y: &[f64],
+        n: usize,
+        chunk: usize,
+        device: &B::Device,
+    ) -> Result<Self, GeometryError> {
+        let p = arch.num_params();
+        if theta.len() != p {
+            return Err(noisegeom_models::ModelError::FlatLength {
+                expected: p,
+                actual: theta.len(),
+            }
+            .into());
+        }
+        if n == 0 {
+            return Err(GeometryError::Input("the probe set is empty".into()));
+        }
+        let d: usize = arch.input_shape.iter().product();
+        let c = arch.outputs();
+        if x.len() != n * d || y.len() != n * c {
+            return Err(GeometryError::Input(format!(
+                "probe set shapes: {} inputs for n = {n}, d = {d} and {} targets for c = {c}",
+                x.len(),
+                y.len()
+            )));
+        }
+        let net = Net::<B>::build(arch.clone(), &mut FlatSource::new(device, theta))?;
+        let net_ad = Net::<Ad<B>>::build(arch.clone(), &mut FlatSource::new(device, theta))?;
+        let nested = |inner_grad| {
+            Net::<Ad2<B>>::build(
+                arch.clone(),
+                &mut NestedSource {
+                    device,
+                    values: theta,
+                    offset: 0,
+                    inner_grad,
+                },
+            )
+        };
+        let mut ops = ProbeOps {
+            arch: arch.clone(),
+            device: device.clone(),
+            x: to_device2(x, n, d, device),
+            y: to_device2(y, n, c, device),
+            n,
+            c,
+            p,
+            chunk: chunk.clamp(1, n),
+            theta: theta.to_vec(),
+            net,
+            net_ad,
+            net_jvp: nested(false)?,
+            net_hvp: nested(true)?,
+            residuals: Vec::new(),
+            grad: Vec::new(),
+        };
+        ops.residuals = ops.compute_residuals();
+        ops.grad = ops
+            .vjp(&ops.residuals)
+            .into_iter()
+            .map(|g| g / n as f64)
+            .collect();
+        Ok(ops)
+    }
+
+    /// The probe set from a dataset: inputs as stored, targets one-hot (classes) or as given.
+    pub fn from_dataset(
+        arch: Arch,
+        theta: &[f64],
+        ds: &noisegeom_data::Dataset,
+        chunk: usize,
+        device: &B::Device,
+    ) -> Result<Self, GeometryError> {
+        let x: Vec<f64> = ds.inputs.iter().map(|v| *v as f64).collect();
+        let y: Vec<f64> = ds.target_matrix().iter().map(|v| *v as f64).collect();
+        Self::new(arch, theta, &x, &y, ds.len(), chunk, device)
+    }
+
+    pub fn theta(&self) -> &[f64] {
+        &self.theta
+    }
+
+    /// e = f(x) − y, sample-major, length n·c.
+    pub fn residuals(&self) -> &[f64] {
+        &self.residuals
+    }
+
+    /// L = ||e||² / (2n).
+    pub fn loss(&self) -> f64 {
+        self.residuals.iter().map(|e| e * e).sum::<f64>() / (2.0 * self.n as f64)
+    }
+
+    /// ∇L = Jᵀe / n.
+    pub fn grad(&self) -> &[f64] {
+        &self.grad
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.n)
+            .step_by(self.chunk)
+            .map(|s| (s, self.chunk.min(self.n - s)))
+    }
+
+    fn compute_residuals(&self) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.n * self.c);
+        for (s, len) in self.chunks() {
+            let f = self.net.forward(self.x.clone().narrow(0, s, len));
+            out.extend(to_host(f - self.y.clone().narrow(0, s, len)));
+        }
+        out
+    }
+
+    /// The network outputs f(x), sample-major.
+    pub fn outputs(&self) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.n * self.c);
+        for (s, len) in self.chunks() {
+            out.extend(to_host(self.net.forward(self.x.clone().narrow(0, s, len))));
+        }
+        out
+    }
+
+    /// Jᵀw for w ∈ R^{n·c} (no 1/n).
+    pub fn vjp(&self, w: &[f64]) -> Vec<f64> {
+        assert_eq!(w.len(), self.n * self.c, "output-space vector length");
+        let mut acc = vec![0.0; self.p];
+        for (s, len) in self.chunks() {
+            let wc = to_device2::<Ad<B>>(
+                &w[s * self.c..(s + len) * self.c],
+                len,
+                self.c,
+                &self.device,
+            );
+            let out = self
+                .net_ad
+                .forward(Tensor::from_inner(self.x.clone().narrow(0, s, len)));
+            let grads = (out * wc).sum().backward();
+            add(&mut acc, &to_host(flat_grad(&self.net_ad, &grads)));
+        }
+        acc
+    }
+
+    /// Jv for v ∈ R^p, by the double-VJP trick (exact).
+    pub fn jvp(&self, v: &[f64]) -> Vec<f64> {
+        assert_eq!(v.len(), self.p, "parameter-space vector length");
+        let v_ad = to_device::<Ad<B>>(v, &self.device);
+        let mut out = Vec::with_capacity(self.n * self.c);
+        for (s, len) in self.chunks() {
+            let u = Tensor::<Ad<B>, 2>::zeros([len, self.c], &self.device).require_grad();
+            let x = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
+                self.x.clone().narrow(0, s, len),
+            ));
+            let f = self.net_jvp.forward(x);
+            let outer = (f * Tensor::from_inner(u.clone())).sum().backward();
+            let jtu = flat_grad(&self.net_jvp, &outer);
+            let inner = (jtu * v_ad.clone()).sum().backward();
+            let jv = u
+                .grad(&inner)
+                .unwrap_or_else(|| Tensor::zeros([len, self.c], &self.device));
+            out.extend(to_host(jv));
+        }
+        out
+    }
+
+    /// Gv = Jᵀ(Jv)/n.
+    pub fn gv(&self, v: &[f64]) -> Vec<f64> {
+        let s = self.jvp(v);
+        scale(self.vjp(&s), 1.0 / self.n as f64)
+    }
+
+    /// Mv = (1/n) Jᵀr with r_i = e_i (e_i·s_i), s = Jv.
+    pub fn mv(&self, v: &[f64]) -> Vec<f64> {
+        let s = self.jvp(v);
+        scale(self.vjp(&self.weight_by_residual(&s)), 1.0 / self.n as f64)
+    }
+
+    /// Σ₁v = Mv − ∇L (∇L·v).
+    pub fn sigma_v(&self, v: &[f64]) -> Vec<f64> {
+        let mut out = self.mv(v);
+        let gv = dot(&self.grad, v);
+        out.iter_mut()
+            .zip(&self.grad)
+            .for_each(|(o, g)| *o -= g * gv);
+        out
+    }
+
+    /// Gv and Σ₁v together, sharing one JVP.
+    pub fn gv_and_sigma_v(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let s = self.jvp(v);
+        let inv_n = 1.0 / self.n as f64;
+        let gv = scale(self.vjp(&s), inv_n);
+        let mut sv = scale(self.vjp(&self.weight_by_residual(&s)), inv_n);
+        let gdot = dot(&self.grad, v);
+        sv.iter_mut()
+            .zip(&self.grad)
+            .for_each(|(o, g)| *o -= g * gdot);
+        (gv, sv)
+    }
+
+    /// Hv, exact by double backward.
+    pub fn hv(&self, v: &[f64]) -> Vec<f64> {
+        assert_eq!(v.len(), self.p, "parameter-space vector length");
+        let v_ad = to_device::<Ad<B>>(v, &self.device);
+        let mut acc = vec![0.0; self.p];
+        let inv = 0.5 / self.n as f64;
+        for (s, len) in self.chunks() {
+            let x = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
+                self.x.clone().narrow(0, s, len),
+            ));
+            let y = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
+                self.y.clone().narrow(0, s, len),
+            ));
+            let e = self.net_hvp.forward(x) - y;
+            let loss = (e.clone() * e).sum().mul_scalar(inv);
+            let g = flat_grad(&self.net_hvp, &loss.backward());
+            let inner = (g * v_ad.clone()).sum().backward();
+            add(&mut acc, &to_host(flat_inner_grad(&self.net_hvp, &inner)));
+        }
+        acc
+    }
+
+    /// uᵀGu, uᵀMu and ∇L·u from one JVP.
+    pub fn quad_forms(&self, u: &[f64]) -> QuadForms {
+        let s = self.jvp(u);
+        let (mut g, mut m, mut gd) = (0.0, 0.0, 0.0);
+        for (si, ei) in s
+            .chunks_exact(self.c)
+            .zip(self.residuals.chunks_exact(self.c))
+        {
+            let es: f64 = si.iter().zip(ei).map(|(a, b)| a * b).sum();
+            g += si.iter().map(|a| a * a).sum::<f64>();
+            m += es * es;
+            gd += es;
+        }
+        let n = self.n as f64;
+        QuadForms {
+            g: g / n,
+            m: m / n,
+            grad_dot: gd / n,
+        }
+    }
+
+    /// r_i = e_i (e_i·s_i).
+    fn weight_by_residual(&self, s: &[f64]) -> Vec<f64> {
+        let mut r = vec![0.0; s.len()];
+        for ((ri, si), ei) in r
+            .chunks_exact_mut(self.c)
+            .zip(s.chunks_exact(self.c))
+            .zip(self.residuals.chunks_exact(self.c))
+        {
+            let es: f64 = si.iter().zip(ei).map(|(a, b)| a * b).sum();
+            ri.iter_mut().zip(ei).for_each(|(r, e)| *r = e * es);
+        }
+        r
+    }
+
+    /// The plain network (for callers that need forward passes, e.g. the Gram).
+    pub fn net_ad(&self) -> &Net<Ad<B>> {
+        &self.net_ad
+    }
+
+    /// Number of parameters of each layer's tensors, for callers that split θ.
+    pub fn num_params(&self) -> usize {
+        self.net.num_params()
+    }
+}
+
+pub(crate) fn add(acc: &mut [f64], v: &[f64]) {
+    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+}
+
+pub(crate) fn scale(mut v: Vec<f64>, s: f64) -> Vec<f64> {
+    v.iter_mut().for_each(|x| *x *= s);
+    v
+}
+
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub(crate) fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}

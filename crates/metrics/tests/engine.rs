@@ -1,0 +1,279 @@
+//! Gram, μ, spectra, Lanczos and Hutchinson against dense f64 ground truth.
+
+mod common;
+
+use common::*;
+use noisegeom_metrics::alignment::{exact_alignment, exact_spectrum};
+use noisegeom_metrics::gram::gram;
+use noisegeom_metrics::hutchinson::hutchinson;
+use noisegeom_metrics::lanczos::lanczos;
+use noisegeom_metrics::linalg::sym_eig;
+use noisegeom_metrics::{Cutoffs, ProbeOps};
+
+fn trace_prod(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let n = a.len();
+    (0..n)
+        .map(|i| (0..n).map(|j| a[i][j] * b[j][i]).sum::<f64>())
+        .sum()
+}
+
+#[test]
+fn gram_and_mu_match_dense() {
+    for p in zoo(6) {
+        let truth = dense(&p);
+        // Chunks of 4 samples: blocks across chunks are part of the test.
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 4, &dev()).unwrap();
+        let k = gram(&ops, 4, 1 << 30).unwrap();
+        let nc = p.n * p.c;
+        let mut err: f64 = 0.0;
+        let mut scale: f64 = 0.0;
+        for r in 0..nc {
+            for s in 0..nc {
+                let want: f64 = truth.j[r].iter().zip(&truth.j[s]).map(|(a, b)| a * b).sum();
+                err = err.max((k.at(r, s) - want).abs());
+                scale = scale.max(want.abs());
+            }
+        }
+        assert!(
+            err <= 1e-10 * scale,
+            "{}: Gram error {:e} (scale {scale:e})",
+            p.name,
+            err
+        );
+
+        let la = exact_alignment(&k, ops.residuals());
+        let g_fro2: f64 = truth.g.iter().flatten().map(|v| v * v).sum();
+        let tr_sg = trace_prod(&truth.sigma, &truth.g);
+        let tr_mg = trace_prod(&truth.m, &truth.g);
+        let two_l = 2.0 * truth.loss;
+        let mu = tr_sg / (two_l * g_fro2);
+        let mu_unc = tr_mg / (two_l * g_fro2);
+        let got = la.mu.value().unwrap();
+        assert!(
+            (got - mu).abs() <= 1e-10 * mu.abs(),
+            "{}: μ {got} vs {mu}",
+            p.name
+        );
+        let got = la.mu_unc.value().unwrap();
+        assert!(
+            (got - mu_unc).abs() <= 1e-10 * mu_unc.abs(),
+            "{}: μ_unc {got} vs {mu_unc}",
+            p.name
+        );
+        assert!((la.g_fro2 - g_fro2).abs() <= 1e-10 * g_fro2);
+        let tr_g: f64 = (0..truth.g.len()).map(|i| truth.g[i][i]).sum();
+        assert!((la.trace_g - tr_g).abs() <= 1e-10 * tr_g);
+        assert_eq!(
+            la.c_mu.value().unwrap(),
+            la.mu.value().unwrap() * p.c as f64
+        );
+    }
+}
+
+#[test]
+fn exact_spectrum_matches_dense_eigendecomposition() {
+    for p in zoo(5) {
+        let truth = dense(&p);
+        let np = p.theta.len();
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 5, &dev()).unwrap();
+        let k = gram(&ops, 5, 1 << 30).unwrap();
+        let cut = Cutoffs::new(f64::EPSILON);
+        let spec = exact_spectrum(&k, ops.residuals(), &cut);
+        let (vals, vecs) = sym_eig(np, |i, j| truth.g[i][j]);
+        let lmax = vals[0];
+        // Every eigenvalue above the cut-off, compared one to one.
+        let want: Vec<f64> = vals
+            .iter()
+            .copied()
+            .filter(|v| *v > spec.nonzero_cutoff)
+            .collect();
+        assert_eq!(spec.lambda.len(), want.len(), "{}: nonzero count", p.name);
+        let two_l = 2.0 * truth.loss;
+        for (idx, (got, w)) in spec.lambda.iter().zip(&want).enumerate() {
+            assert!(
+                (got - w).abs() <= 1e-10 * lmax,
+                "{}: λ_{idx} {got} vs {w}",
+                p.name
+            );
+            // α_k against u_kᵀΣ₁u_k with the dense eigenvector (well-separated eigenvalues only:
+            // a near-degenerate pair has no unique eigenvector).
+            let gap = vals
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != idx)
+                .map(|(_, v)| (v - w).abs())
+                .fold(f64::INFINITY, f64::min);
+            if gap > 1e-6 * lmax {
+                let u = &vecs[idx];
+                let su = matvec(&truth.sigma, u);
+                let alpha: f64 = u.iter().zip(&su).map(|(a, b)| a * b).sum();
+                let amax = spec.alpha.iter().fold(0.0f64, |m, a| m.max(a.abs()));
+                assert!(
+                    (spec.alpha[idx] - alpha).abs() <= 1e-8 * amax,
+                    "{}: α_{idx} {} vs {alpha}",
+                    p.name,
+                    spec.alpha[idx]
+                );
+                let g = spec.g[idx].value().unwrap();
+                assert!((g - alpha / (two_l * w)).abs() <= 1e-8 * (1.0 + g.abs()));
+            }
+        }
+    }
+}
+
+fn distinct(sorted_desc: &[f64], tol: f64) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for &v in sorted_desc {
+        if out.last().is_none_or(|l| (l - v).abs() > tol) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[test]
+fn lanczos_matches_dense_top_eigenvalues_of_g_and_h() {
+    for p in zoo(6) {
+        let truth = dense(&p);
+        let np = p.theta.len();
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 6, &dev()).unwrap();
+        let k = 3.min(np);
+        let g = lanczos(np, &mut |v| ops.gv(v), k, np, 7, 1e-8);
+        let (gv, _) = sym_eig(np, |i, j| truth.g[i][j]);
+        // Single-vector Lanczos sees each distinct eigenvalue once (a multiple eigenvalue, as
+        // in the c-output linear model where G = I_c ⊗ XᵀX/n, appears once): compare with
+        // the distinct eigenvalues.
+        let gv = distinct(&gv, 1e-9 * gv[0].abs());
+        for (r, w) in g.top.iter().zip(&gv) {
+            assert!(
+                (r.value - w).abs() <= 1e-8 * gv[0].abs(),
+                "{}: G {} vs {w}",
+                p.name,
+                r.value
+            );
+            assert!(r.converged, "{}: residual {}", p.name, r.residual);
+        }
+        let h = lanczos(np, &mut |v| ops.hv(v), k, np, 8, 1e-8);
+        let (hv, _) = sym_eig(np, |i, j| truth.h[i][j]);
+        let hmax = hv.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let hv = distinct(&hv, 1e-9 * hmax);
+        for (r, w) in h.top.iter().zip(&hv) {
+            // H's ground truth is a Richardson difference (≈1e-11 accurate).
+            assert!(
+                (r.value - w).abs() <= 1e-8 * hmax,
+                "{}: H {} vs {w}",
+                p.name,
+                r.value
+            );
+        }
+        assert!(
+            (h.smallest - hv[hv.len() - 1]).abs() <= 1e-8 * hmax,
+            "{}: λ_min(H)",
+            p.name
+        );
+    }
+}
+
+#[test]
+fn hutchinson_is_unbiased_within_its_standard_error() {
+    for p in zoo(6).into_iter().filter(|p| p.theta.len() > 10) {
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 6, &dev()).unwrap();
+        let exact = exact_alignment(&gram(&ops, 6, 1 << 30).unwrap(), ops.residuals());
+        let s = hutchinson(&ops, 400, 3);
+        for (what, est, truth) in [
+            ("Tr G", s.trace_g, exact.trace_g),
+            ("||G||²", s.g_fro2, exact.g_fro2),
+            ("Tr ΣG", s.trace_sigma_g, exact.trace_sigma_g),
+            ("Tr MG", s.trace_m_g, exact.trace_m_g),
+        ] {
+            assert!(est.se > 0.0 && est.se.is_finite());
+            assert!(
+                (est.mean - truth).abs() <= 4.0 * est.se,
+                "{}: {what} {} ± {} vs exact {truth}",
+                p.name,
+                est.mean,
+                est.se
+            );
+        }
+        let mu = exact.mu.value().unwrap();
+        let est = s.alignment.mu.value().unwrap();
+        assert!(
+            (est - mu).abs() <= 4.0 * s.mu_se,
+            "{}: μ {est} ± {} vs {mu}",
+            p.name,
+            s.mu_se
+        );
+    }
+}
+
+#[test]
+fn zero_loss_gives_undefined_ratios_not_nan() {
+    use noisegeom_metrics::{MeasureOptions, Ratio, measure};
+    let p = zoo(6).into_iter().next().unwrap();
+    // Targets equal to the outputs: L = 0 exactly.
+    let ops0 = ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 6, &dev()).unwrap();
+    let y = ops0.outputs();
+    let ops = ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &y, p.n, 6, &dev()).unwrap();
+    assert_eq!(ops.loss(), 0.0);
+    let m = measure(
+        &ops,
+        &MeasureOptions {
+            k: 2,
+            ..MeasureOptions::default()
+        },
+    )
+    .unwrap();
+    let la = m.loss_alignment.as_ref().unwrap();
+    assert!(matches!(la.mu, Ratio::Undefined { .. }), "{:?}", la.mu);
+    assert!(m.directional_random.iter().all(|d| d.g.value().is_none()));
+    let json = serde_json::to_string(&m).unwrap();
+    // serde_json writes a NaN or an infinity as `null`: there must be none.
+    assert!(
+        !json.contains("null") && json.contains("\"undefined\":\"L = 0\""),
+        "{json}"
+    );
+}
+
+#[test]
+fn f32_cpu_backend_agrees_with_f64() {
+    use burn::backend::Flex;
+    for p in zoo(8).into_iter().filter(|p| p.theta.len() > 20) {
+        let a = ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 8, &dev()).unwrap();
+        let b = ProbeOps::<Flex>::new(
+            p.arch.clone(),
+            &p.theta,
+            &p.x,
+            &p.y,
+            p.n,
+            8,
+            &Default::default(),
+        )
+        .unwrap();
+        let v = test_vector(p.theta.len(), 5);
+        for (what, x, y) in [
+            ("Gv", a.gv(&v), b.gv(&v)),
+            ("Hv", a.hv(&v), b.hv(&v)),
+            ("Σv", a.sigma_v(&v), b.sigma_v(&v)),
+        ] {
+            let err = rel(&y, &x);
+            assert!(err < 1e-5, "{}: f32 {what} relative error {err:e}", p.name);
+        }
+        let mu64 = exact_alignment(&gram(&a, 8, 1 << 30).unwrap(), a.residuals())
+            .mu
+            .value()
+            .unwrap();
+        let mu32 = exact_alignment(&gram(&b, 8, 1 << 30).unwrap(), b.residuals())
+            .mu
+            .value()
+            .unwrap();
+        assert!(
+            (mu32 - mu64).abs() < 1e-4 * mu64.abs(),
+            "{}: μ f32 {mu32} vs f64 {mu64}",
+            p.name
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! Every matrix-free operator against dense f64 ground truth, on every model kind.
+
+mod common;
+
+use common::*;
+use noisegeom_metrics::ProbeOps;
+
+#[test]
+fn operators_match_dense_ground_truth() {
+    for p in zoo(7) {
+        let truth = dense(&p);
+        assert!(
+            truth.j_fd_err < 1e-8,
+            "{}: reverse-mode J vs FD J {:e}",
+            p.name,
+            truth.j_fd_err
+        );
+        // Chunks of 3 samples: the sums over micro-batches are part of what is tested.
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 3, &dev()).unwrap();
+        let np = p.theta.len();
+        let v = test_vector(np, 1);
+        let w = test_vector(p.n * p.c, 2);
+        let checks: Vec<(&str, Vec<f64>, Vec<f64>, f64)> = vec![
+            (
+                "residuals",
+                ops.residuals().to_vec(),
+                truth.e.clone(),
+                1e-12,
+            ),
+            ("grad", ops.grad().to_vec(), truth.grad.clone(), 1e-10),
+            ("Jv", ops.jvp(&v), matvec(&truth.j, &v), 1e-10),
+            ("Jᵀw", ops.vjp(&w), mat_t_vec(&truth.j, &w), 1e-10),
+            ("Gv", ops.gv(&v), matvec(&truth.g, &v), 1e-10),
+            ("Mv", ops.mv(&v), matvec(&truth.m, &v), 1e-10),
+            ("Σ₁v", ops.sigma_v(&v), matvec(&truth.sigma, &v), 1e-10),
+            // H's ground truth is itself a finite difference (Richardson, O(h⁶), h = 1e-3),
+            // accurate to about 1e-11 here.
+            ("Hv", ops.hv(&v), matvec(&truth.h, &v), 1e-9),
+        ];
+        for (what, got, want, tol) in checks {
+            let err = rel(&got, &want);
+            assert!(
+                err <= tol,
+                "{}: {what} relative error {err:e} > {tol:e}",
+                p.name
+            );
+        }
+        let (gv, sv) = ops.gv_and_sigma_v(&v);
+        assert!(rel(&gv, &matvec(&truth.g, &v)) <= 1e-10);
+        assert!(rel(&sv, &matvec(&truth.sigma, &v)) <= 1e-10);
+        let q = ops.quad_forms(&v);
+        let vgv: f64 = v.iter().zip(matvec(&truth.g, &v)).map(|(a, b)| a * b).sum();
+        let vsv: f64 = v
+            .iter()
+            .zip(matvec(&truth.sigma, &v))
+            .map(|(a, b)| a * b)
+            .sum();
+        assert!((q.g - vgv).abs() <= 1e-10 * vgv.abs(), "{}: vᵀGv", p.name);
+        assert!(
+            (q.sigma() - vsv).abs() <= 1e-10 * vsv.abs().max(1e-12),
+            "{}: vᵀΣv",
+            p.name
+        );
+        assert!((ops.loss() - truth.loss).abs() <= 1e-12 * truth.loss);
+    }
+}

@@ -1,0 +1,156 @@
+use crate::support::run;
+
+/// A tiny FNN on the synthetic images, measured at initialisation.
+fn tiny(extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--config",
+        "configs/quickstart.toml",
+        "--at-init",
+        "--set",
+        "data.n_train=64",
+        "--set",
+        "data.n_test=8",
+        "--set",
+        "data.image_size=8",
+        "--set",
+        "model={kind = \"fnn\", hidden = [8], activation = \"tanh\"}",
+        "--probe-size",
+        "20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn measure_json(dir: &std::path::Path, name: &str, extra: &[&str]) -> serde_json::Value {
+    let out = dir.join(name);
+    let mut args = vec!["measure".to_string()];
+    args.extend(tiny(extra));
+    args.extend([
+        "--k".into(),
+        "3".into(),
+        "--out".into(),
+        out.to_str().unwrap().into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let res = run(&args);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(stdout.contains("μ = "), "{stdout}");
+    if !extra.contains(&"--what") {
+        assert!(stdout.contains("top 3 eigen-directions of G"), "{stdout}");
+    }
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+#[test]
+fn measure_writes_reproducible_results_with_cutoffs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = measure_json(tmp.path(), "a.json", &[]);
+    let b = measure_json(tmp.path(), "b.json", &[]);
+    let strip = |v: &serde_json::Value| {
+        let mut m = v["measurement"].clone();
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(strip(&a), strip(&b), "same seed, same numbers");
+    let m = &a["measurement"];
+    assert!(m["loss_alignment"]["mu"].as_f64().unwrap() > 0.0);
+    assert_eq!(m["loss_alignment"]["method"], "exact (Gram)");
+    assert_eq!(m["top_g"]["lanczos"]["top"].as_array().unwrap().len(), 3);
+    assert!(
+        m["top_g"]["lanczos"]["top"][0]["residual"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+    assert!(m["cutoffs"]["ritz_tolerance"].as_f64().unwrap() > 0.0);
+    assert_eq!(a["probe"]["size"], 20);
+    assert_eq!(a["dataset"]["synthetic"], true);
+    // The stochastic path on the same problem agrees with the exact one within its error.
+    let s = measure_json(
+        tmp.path(),
+        "s.json",
+        &["--method", "stochastic", "--hutchinson-samples", "200"],
+    );
+    let (mu, est, se) = (
+        m["loss_alignment"]["mu"].as_f64().unwrap(),
+        s["measurement"]["loss_alignment"]["mu"].as_f64().unwrap(),
+        s["measurement"]["stochastic"]["mu_se"].as_f64().unwrap(),
+    );
+    assert!(
+        (mu - est).abs() <= 4.0 * se,
+        "exact {mu} vs stochastic {est} ± {se}"
+    );
+}
+
+#[test]
+fn export_holds_pytorch_layouts_that_reproduce_the_loss() {
+    use safetensors::SafeTensors;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = measure_json(tmp.path(), "m.json", &["--what", "mu"]);
+    let loss = m["measurement"]["loss"].as_f64().unwrap();
+    let file = tmp.path().join("x.safetensors");
+    let mut args = vec!["export".to_string()];
+    args.extend(tiny(&["--out", file.to_str().unwrap()]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let res = run(&args);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = st.tensor(name).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    // Stages: flatten, dense(8) = s1, tanh, dense(10) = s3.
+    let (s1w, w1) = get("s1.weight");
+    let (_, b1) = get("s1.bias");
+    let (s3w, w2) = get("s3.weight");
+    let (_, b2) = get("s3.bias");
+    let (xs, x) = get("probe.x");
+    let (_, y) = get("probe.y");
+    assert_eq!(s1w, vec![8, 192], "torch.nn.Linear layout [out, in]");
+    assert_eq!(s3w, vec![10, 8]);
+    assert_eq!(xs, vec![20, 3, 8, 8], "NCHW");
+    // f = W2 tanh(W1 x + b1) + b2, by hand, in f64.
+    let mut sq = 0.0;
+    for i in 0..20 {
+        let xi = &x[i * 192..(i + 1) * 192];
+        let h: Vec<f64> = (0..8)
+            .map(|o| {
+                let z: f64 = (0..192)
+                    .map(|k| w1[o * 192 + k] as f64 * xi[k] as f64)
+                    .sum::<f64>()
+                    + b1[o] as f64;
+                z.tanh()
+            })
+            .collect();
+        for o in 0..10 {
+            let f: f64 = (0..8).map(|k| w2[o * 8 + k] as f64 * h[k]).sum::<f64>() + b2[o] as f64;
+            sq += (f - y[i * 10 + o] as f64).powi(2);
+        }
+    }
+    let by_hand = sq / 40.0;
+    assert!(
+        (by_hand - loss).abs() <= 1e-5 * loss,
+        "loss from the export {by_hand} vs measured {loss}"
+    );
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert!(meta.contains_key("noisegeom_arch") && meta["layout"].contains("[out, in]"));
+}
