@@ -161,7 +161,7 @@ pub fn gram<B: Backend>(
             records: Vec::new(),
         };
         let out = ops
-            .net_ad()
+            .net_frozen()
             .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
         let mut sel = vec![0.0f64; c * b * c];
         for o in 0..c {
@@ -232,41 +232,56 @@ pub fn gram<B: Backend>(
     let dim = n * c;
     let mut k = vec![0.0; dim * dim];
     for (ci, (si, bi, fi)) in chunks.iter().enumerate() {
-        for (sj, bj, fj) in chunks.iter().skip(ci) {
-            let mut block: Option<Tensor<B, 2>> = None;
-            for (a, b) in fi.iter().zip(fj) {
-                let term = match (a, b) {
-                    (
-                        Feature::Affine { a: ai, delta: di },
-                        Feature::Affine { a: aj, delta: dj },
-                    ) => {
-                        let s = ai.clone().matmul(aj.clone().transpose()).repeat(&[c, c]);
-                        s * di.clone().matmul(dj.clone().transpose())
+        for (cj, (sj, bj, fj)) in chunks.iter().enumerate().skip(ci) {
+            // The sample Gram of every affine layer's inputs, shared by all output pairs.
+            let s: Vec<Option<Tensor<B, 2>>> = fi
+                .iter()
+                .zip(fj)
+                .map(|(a, b)| match (a, b) {
+                    (Feature::Affine { a: ai, .. }, Feature::Affine { a: aj, .. }) => {
+                        Some(ai.clone().matmul(aj.clone().transpose()))
                     }
-                    (Feature::Rows(ri), Feature::Rows(rj)) => {
-                        ri.clone().matmul(rj.clone().transpose())
-                    }
-                    _ => unreachable!("same layers in every chunk"),
-                };
-                block = Some(match block {
-                    Some(acc) => acc + term,
-                    None => term,
-                });
-            }
-            let Some(block) = block else {
-                continue;
-            };
-            let host = to_host(block);
-            // Block rows are (o, i) output-major within the chunk; K is sample-major.
+                    _ => None,
+                })
+                .collect();
             for o in 0..c {
-                for i in 0..*bi {
-                    let r = (si + i) * c + o;
-                    for o2 in 0..c {
+                // Within a diagonal chunk, block (o, o2) is block (o2, o) transposed.
+                let first = if ci == cj { o } else { 0 };
+                for o2 in first..c {
+                    let mut acc: Option<Tensor<B, 2>> = None;
+                    for ((a, b), s_ab) in fi.iter().zip(fj).zip(&s) {
+                        let term = match (a, b, s_ab) {
+                            (
+                                Feature::Affine { delta: di, .. },
+                                Feature::Affine { delta: dj, .. },
+                                Some(s_ab),
+                            ) => {
+                                let d = di
+                                    .clone()
+                                    .narrow(0, o * bi, *bi)
+                                    .matmul(dj.clone().narrow(0, o2 * bj, *bj).transpose());
+                                s_ab.clone() * d
+                            }
+                            (Feature::Rows(ri), Feature::Rows(rj), None) => ri
+                                .clone()
+                                .narrow(0, o * bi, *bi)
+                                .matmul(rj.clone().narrow(0, o2 * bj, *bj).transpose()),
+                            _ => unreachable!("same layers in every chunk"),
+                        };
+                        acc = Some(match acc {
+                            Some(x) => x + term,
+                            None => term,
+                        });
+                    }
+                    let Some(acc) = acc else { continue };
+                    let host = to_host(acc);
+                    for i in 0..*bi {
+                        let r = (si + i) * c + o;
                         for j in 0..*bj {
-                            let s = (sj + j) * c + o2;
-                            let v = host[(o * bi + i) * (c * bj) + o2 * bj + j];
-                            k[r * dim + s] = v;
-                            k[s * dim + r] = v;
+                            let col = (sj + j) * c + o2;
+                            let v = host[i * bj + j];
+                            k[r * dim + col] = v;
+                            k[col * dim + r] = v;
                         }
                     }
                 }

@@ -30,6 +30,9 @@ pub struct ProbeOps<B: Backend> {
     theta: Vec<f64>,
     net: Net<B>,
     net_ad: Net<Ad<B>>,
+    /// The same network with constant parameters: backward passes give activation gradients
+    /// only (the Gram's probe signals) without computing parameter gradients.
+    net_frozen: Net<Ad<B>>,
     net_jvp: Net<Ad2<B>>,
     net_hvp: Net<Ad2<B>>,
     residuals: Vec<f64>,
@@ -88,6 +91,7 @@ impl<B: Backend> ProbeOps<B> {
         }
         let net = Net::<B>::build(arch.clone(), &mut FlatSource::new(device, theta))?;
         let net_ad = Net::<Ad<B>>::build(arch.clone(), &mut FlatSource::new(device, theta))?;
+        let net_frozen = Net::<Ad<B>>::build(arch.clone(), &mut FlatSource::frozen(device, theta))?;
         let nested = |inner_grad| {
             Net::<Ad2<B>>::build(
                 arch.clone(),
@@ -111,6 +115,7 @@ impl<B: Backend> ProbeOps<B> {
             theta: theta.to_vec(),
             net,
             net_ad,
+            net_frozen,
             net_jvp: nested(false)?,
             net_hvp: nested(true)?,
             residuals: Vec::new(),
@@ -315,9 +320,9 @@ impl<B: Backend> ProbeOps<B> {
         r
     }
 
-    /// The plain network (for callers that need forward passes, e.g. the Gram).
-    pub fn net_ad(&self) -> &Net<Ad<B>> {
-        &self.net_ad
+    /// The network with constant parameters on the autodiff backend (for the Gram's probes).
+    pub fn net_frozen(&self) -> &Net<Ad<B>> {
+        &self.net_frozen
     }
 
     /// Number of parameters of each layer's tensors, for callers that split θ.

@@ -108,6 +108,9 @@ pub struct FlatSource<'a, B: Backend> {
     pub device: &'a B::Device,
     pub values: &'a [f64],
     pub offset: usize,
+    /// Constants rather than trainable leaves: on an autodiff backend, a backward pass then
+    /// skips their gradients (used when only activation gradients are wanted).
+    pub frozen: bool,
 }
 
 impl<'a, B: Backend> FlatSource<'a, B> {
@@ -116,6 +119,15 @@ impl<'a, B: Backend> FlatSource<'a, B> {
             device,
             values,
             offset: 0,
+            frozen: false,
+        }
+    }
+
+    /// Like [`FlatSource::new`], with parameters that do not require gradients.
+    pub fn frozen(device: &'a B::Device, values: &'a [f64]) -> Self {
+        FlatSource {
+            frozen: true,
+            ..Self::new(device, values)
         }
     }
 

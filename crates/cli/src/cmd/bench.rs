@@ -32,7 +32,19 @@ pub struct BenchJob {
     pub repeats: usize,
 }
 
-pub const WORKLOADS: &[&str] = &["train-fnn", "train-cnn"];
+pub const WORKLOADS: &[&str] = &[
+    "train-fnn",
+    "train-cnn",
+    "gv-fnn",
+    "hv-fnn",
+    "lanczos-fnn",
+    "gram-mu-fnn",
+    "alpha-fnn",
+    "sgemm",
+];
+
+/// Probe samples for the geometry workloads.
+pub const GEOMETRY_N: usize = 1024;
 
 fn time_it(repeats: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
     let t = Instant::now();
@@ -88,6 +100,31 @@ impl Job for BenchJob {
                     "unknown workload `{w}`; choose from {}",
                     WORKLOADS.join(", ")
                 );
+            }
+            if w == "sgemm" {
+                // [1024, 512] x [512, 1024]: the machine's matmul rate, for context.
+                let a = Tensor::<B::InnerBackend, 2>::ones([1024, 512], &device);
+                let b = Tensor::<B::InnerBackend, 2>::ones([512, 1024], &device);
+                let (warm, times) = time_it(self.repeats.max(20), || {
+                    let _ = a.clone().matmul(b.clone()).narrow(0, 0, 1).into_data();
+                });
+                let median = times[times.len() / 2];
+                out.push(Timing {
+                    workload: w.clone(),
+                    backend: backend.to_string(),
+                    warmup_s: warm,
+                    median_s: median,
+                    min_s: times[0],
+                    max_s: times[times.len() - 1],
+                    repeats: times.len(),
+                    throughput: 2.0 * 1024.0 * 512.0 * 1024.0 / median / 1e9,
+                    unit: "GFLOP/s".into(),
+                });
+                continue;
+            }
+            if !w.starts_with("train-") {
+                out.push(geometry::<B>(w, &device, backend, self.repeats)?);
+                continue;
             }
             let batch = 128;
             let (cfg, shape) = model_for(w);
@@ -170,4 +207,60 @@ pub fn table(all: &[Timing]) -> String {
         );
     }
     s
+}
+
+/// The geometry workloads on the FNN 3072-512-512-512-10 over n = 1024 probe samples, f32
+/// inputs ~ N(0, 1), one-hot targets, PyTorch-default initialisation (seed 0).
+fn geometry<B: AutodiffBackend>(
+    w: &str,
+    device: &B::Device,
+    backend: &str,
+    repeats: usize,
+) -> anyhow::Result<Timing> {
+    use noisegeom_metrics::alignment::exact_alignment;
+    use noisegeom_metrics::gram::gram;
+    use noisegeom_metrics::lanczos::lanczos;
+    let (cfg, shape) = model_for("train-fnn");
+    let arch = cfg.arch(&shape, 10, 0)?;
+    let net = Net::<B::InnerBackend>::build(arch.clone(), &mut RandomInit::new(device, cfg.init(), 0))?;
+    let theta = noisegeom_models::flatten(&net);
+    let n = GEOMETRY_N;
+    let d: usize = shape.iter().product();
+    let mut rng = noisegeom_data::seeded_rng(0, "bench-probe");
+    let x = noisegeom_data::normal_vec(&mut rng, n * d, 1.0);
+    let y: Vec<f64> = (0..n * 10).map(|k| if k % 10 == (k / 10) % 10 { 1.0 } else { 0.0 }).collect();
+    let ops = noisegeom_metrics::ProbeOps::<B::InnerBackend>::new(arch, &theta, &x, &y, n, n, device)?;
+    let v = noisegeom_data::normal_vec(&mut rng, ops.p, 1.0);
+    let dirs: Vec<Vec<f64>> = (0..10).map(|_| noisegeom_data::normal_vec(&mut rng, ops.p, 1.0)).collect();
+    let mut sink = 0.0;
+    let (warm, times) = match w {
+        "gv-fnn" => time_it(repeats, || sink += ops.gv(&v)[0]),
+        "hv-fnn" => time_it(repeats, || sink += ops.hv(&v)[0]),
+        "lanczos-fnn" => time_it(repeats, || {
+            sink += lanczos(ops.p, &mut |u| ops.gv(u), 10, 30, 0, 1e-4).top[0].value
+        }),
+        "gram-mu-fnn" => time_it(repeats, || {
+            let k = gram(&ops, n, 8 << 30).expect("fits");
+            sink += exact_alignment(&k, ops.residuals()).g_fro2
+        }),
+        "alpha-fnn" => time_it(repeats, || {
+            for u in &dirs {
+                sink += ops.quad_forms(u).sigma();
+            }
+        }),
+        _ => unreachable!("checked"),
+    };
+    let _ = sink;
+    let median = times[times.len() / 2];
+    Ok(Timing {
+        workload: w.to_string(),
+        backend: backend.to_string(),
+        warmup_s: warm,
+        median_s: median,
+        min_s: times[0],
+        max_s: times[times.len() - 1],
+        repeats,
+        throughput: 1.0 / median,
+        unit: "runs/s".into(),
+    })
 }
