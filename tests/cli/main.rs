@@ -4,6 +4,8 @@
 mod bad_inputs;
 /// Training on files in the official CIFAR-10 binary format; `data info`.
 mod cifar_format;
+/// `figure NAME --quick`: smoke tests of the paper's figures.
+mod figures;
 /// `measure` and `export`.
 mod geometry;
 /// Determinism, interruption and resume.

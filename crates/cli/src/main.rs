@@ -143,6 +143,30 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Regenerate a figure of the paper: a results file (JSON) and a PNG + SVG.
+    Figure {
+        /// Which figure.
+        #[arg(value_enum)]
+        figure: cmd::figure::FigureName,
+        /// The small variant from the config's [quick] table (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        /// Independent runs per point (overrides the config).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Figure config (default: configs/figures/<figure>.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output folder (default: results/figures/<figure>[-quick]).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendKind,
+        /// Precision (f64 on the CPU by default: the synthetic figures are small).
+        #[arg(long, value_enum, default_value = "f64")]
+        precision: Precision,
+    },
     /// List the backends this build can use, and the wgpu adapter if there is one.
     Backends,
     /// Time workloads (median of repeats after a warm-up) on one or more backends, side by side.
@@ -266,6 +290,25 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             command: DataCommand::Info { path },
         } => cmd::data::info(&path),
         Command::Backends => Ok(backend::describe()),
+        Command::Figure {
+            figure,
+            quick,
+            runs,
+            config,
+            out,
+            backend,
+            precision,
+        } => dispatch(
+            backend,
+            precision,
+            cmd::figure::FigureJob {
+                figure,
+                config,
+                quick,
+                runs,
+                out,
+            },
+        ),
         Command::Measure {
             run,
             config,

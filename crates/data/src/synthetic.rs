@@ -35,6 +35,8 @@ pub enum Covariance {
         #[serde(default = "default_eff_dim")]
         eff_dim: EffDim,
     },
+    /// S = diag(k^{-exponent}), k = 1..dim.
+    PowerLawDim { exponent: f64, dim: usize },
 }
 
 fn default_eff_dim() -> EffDim {
@@ -53,6 +55,9 @@ impl Covariance {
             } => {
                 let dim = power_law_dim(*exponent, *d_eff, *eff_dim);
                 (1..=dim).map(|k| (k as f64).powf(-exponent)).collect()
+            }
+            Covariance::PowerLawDim { exponent, dim } => {
+                (1..=*dim).map(|k| (k as f64).powf(-exponent)).collect()
             }
         }
     }
@@ -121,7 +126,7 @@ pub fn gaussian(n: usize, cov: &Covariance, seed: u64) -> Result<GaussianTask, D
     }
     let desc = match cov {
         Covariance::Isotropic { dim } => format!("x ~ N(0, I_{dim}), y = <w*, x>"),
-        Covariance::PowerLaw { exponent, .. } => {
+        Covariance::PowerLaw { exponent, .. } | Covariance::PowerLawDim { exponent, .. } => {
             format!("x ~ N(0, diag(k^-{exponent})), k ≤ {d}, y = <w*, x>")
         }
     };

@@ -33,8 +33,9 @@ pub struct ProbeOps<B: Backend> {
     /// The same network with constant parameters: backward passes give activation gradients
     /// only (the Gram's probe signals) without computing parameter gradients.
     net_frozen: Net<Ad<B>>,
-    net_jvp: Net<Ad2<B>>,
-    net_hvp: Net<Ad2<B>>,
+    /// The nested networks, built on first use (a Gram-only measurement never needs them).
+    net_jvp: std::cell::OnceCell<Net<Ad2<B>>>,
+    net_hvp: std::cell::OnceCell<Net<Ad2<B>>>,
     residuals: Vec<f64>,
     grad: Vec<f64>,
 }
@@ -92,17 +93,6 @@ impl<B: Backend> ProbeOps<B> {
         let net = Net::<B>::build(arch.clone(), &mut FlatSource::new(device, theta))?;
         let net_ad = Net::<Ad<B>>::build(arch.clone(), &mut FlatSource::new(device, theta))?;
         let net_frozen = Net::<Ad<B>>::build(arch.clone(), &mut FlatSource::frozen(device, theta))?;
-        let nested = |inner_grad| {
-            Net::<Ad2<B>>::build(
-                arch.clone(),
-                &mut NestedSource {
-                    device,
-                    values: theta,
-                    offset: 0,
-                    inner_grad,
-                },
-            )
-        };
         let mut ops = ProbeOps {
             arch: arch.clone(),
             device: device.clone(),
@@ -116,8 +106,8 @@ impl<B: Backend> ProbeOps<B> {
             net,
             net_ad,
             net_frozen,
-            net_jvp: nested(false)?,
-            net_hvp: nested(true)?,
+            net_jvp: Default::default(),
+            net_hvp: Default::default(),
             residuals: Vec::new(),
             grad: Vec::new(),
         };
@@ -141,6 +131,26 @@ impl<B: Backend> ProbeOps<B> {
         let x: Vec<f64> = ds.inputs.iter().map(|v| *v as f64).collect();
         let y: Vec<f64> = ds.target_matrix().iter().map(|v| *v as f64).collect();
         Self::new(arch, theta, &x, &y, ds.len(), chunk, device)
+    }
+
+    fn nested(&self, inner_grad: bool) -> &Net<Ad2<B>> {
+        let cell = if inner_grad {
+            &self.net_hvp
+        } else {
+            &self.net_jvp
+        };
+        cell.get_or_init(|| {
+            Net::<Ad2<B>>::build(
+                self.arch.clone(),
+                &mut NestedSource {
+                    device: &self.device,
+                    values: &self.theta,
+                    offset: 0,
+                    inner_grad,
+                },
+            )
+            .expect("the architecture was validated when the plain network was built")
+        })
     }
 
     pub fn theta(&self) -> &[f64] {
@@ -216,9 +226,10 @@ impl<B: Backend> ProbeOps<B> {
             let x = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
                 self.x.clone().narrow(0, s, len),
             ));
-            let f = self.net_jvp.forward(x);
+            let net = self.nested(false);
+            let f = net.forward(x);
             let outer = (f * Tensor::from_inner(u.clone())).sum().backward();
-            let jtu = flat_grad(&self.net_jvp, &outer);
+            let jtu = flat_grad(net, &outer);
             let inner = (jtu * v_ad.clone()).sum().backward();
             let jv = u
                 .grad(&inner)
@@ -276,11 +287,12 @@ impl<B: Backend> ProbeOps<B> {
             let y = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
                 self.y.clone().narrow(0, s, len),
             ));
-            let e = self.net_hvp.forward(x) - y;
+            let net = self.nested(true);
+            let e = net.forward(x) - y;
             let loss = (e.clone() * e).sum().mul_scalar(inv);
-            let g = flat_grad(&self.net_hvp, &loss.backward());
+            let g = flat_grad(net, &loss.backward());
             let inner = (g * v_ad.clone()).sum().backward();
-            add(&mut acc, &to_host(flat_inner_grad(&self.net_hvp, &inner)));
+            add(&mut acc, &to_host(flat_inner_grad(net, &inner)));
         }
         acc
     }

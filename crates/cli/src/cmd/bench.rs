@@ -222,16 +222,22 @@ fn geometry<B: AutodiffBackend>(
     use noisegeom_metrics::lanczos::lanczos;
     let (cfg, shape) = model_for("train-fnn");
     let arch = cfg.arch(&shape, 10, 0)?;
-    let net = Net::<B::InnerBackend>::build(arch.clone(), &mut RandomInit::new(device, cfg.init(), 0))?;
+    let net =
+        Net::<B::InnerBackend>::build(arch.clone(), &mut RandomInit::new(device, cfg.init(), 0))?;
     let theta = noisegeom_models::flatten(&net);
     let n = GEOMETRY_N;
     let d: usize = shape.iter().product();
     let mut rng = noisegeom_data::seeded_rng(0, "bench-probe");
     let x = noisegeom_data::normal_vec(&mut rng, n * d, 1.0);
-    let y: Vec<f64> = (0..n * 10).map(|k| if k % 10 == (k / 10) % 10 { 1.0 } else { 0.0 }).collect();
-    let ops = noisegeom_metrics::ProbeOps::<B::InnerBackend>::new(arch, &theta, &x, &y, n, n, device)?;
+    let y: Vec<f64> = (0..n * 10)
+        .map(|k| if k % 10 == (k / 10) % 10 { 1.0 } else { 0.0 })
+        .collect();
+    let ops =
+        noisegeom_metrics::ProbeOps::<B::InnerBackend>::new(arch, &theta, &x, &y, n, n, device)?;
     let v = noisegeom_data::normal_vec(&mut rng, ops.p, 1.0);
-    let dirs: Vec<Vec<f64>> = (0..10).map(|_| noisegeom_data::normal_vec(&mut rng, ops.p, 1.0)).collect();
+    let dirs: Vec<Vec<f64>> = (0..10)
+        .map(|_| noisegeom_data::normal_vec(&mut rng, ops.p, 1.0))
+        .collect();
     let mut sink = 0.0;
     let (warm, times) = match w {
         "gv-fnn" => time_it(repeats, || sink += ops.gv(&v)[0]),

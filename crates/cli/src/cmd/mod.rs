@@ -1,4 +1,5 @@
 pub mod bench;
 pub mod data;
+pub mod figure;
 pub mod measure;
 pub mod train;
