@@ -5,7 +5,7 @@ fn missing_dataset_directory() {
     let out = run(&[
         "train",
         "--config",
-        "configs/cifar10_cnn.toml",
+        "configs/cifar10_cnn_clr.toml",
         "--data",
         "/nonexistent/cifar",
     ]);
@@ -23,7 +23,7 @@ fn truncated_and_mislabelled_cifar_files() {
     let out = run(&[
         "train",
         "--config",
-        "configs/cifar10_cnn.toml",
+        "configs/cifar10_cnn_clr.toml",
         "--data",
         dir,
     ]);
@@ -35,7 +35,7 @@ fn truncated_and_mislabelled_cifar_files() {
     let out = run(&[
         "train",
         "--config",
-        "configs/cifar10_cnn.toml",
+        "configs/cifar10_cnn_clr.toml",
         "--data",
         dir,
     ]);
@@ -125,4 +125,73 @@ fn wgpu_in_f64_is_refused() {
         "f64",
     ]);
     assert_one_line_error(&out, &["f32 only"]);
+}
+
+/// A NaN or infinite loss stops the run with one line naming the step and the LR, keeps
+/// the last good checkpoint, logs a `diverged` event and exits nonzero.
+#[test]
+fn divergence_stops_with_the_step_and_the_lr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(&[
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--out",
+        dir.to_str().unwrap(),
+        "--set",
+        "data.n_train=64",
+        "--set",
+        "data.n_test=16",
+        "--set",
+        "data.image_size=8",
+        "--set",
+        "model={kind = \"fnn\", hidden = [16], activation = \"relu\"}",
+        "--set",
+        "probe.enabled=false",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.steps=50",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.lr={schedule = \"constant\", lr = 1e30}",
+    ]);
+    assert_one_line_error(
+        &out,
+        &[
+            "diverged at step",
+            "lr = 1000000000000000000000000000000",
+            "last good checkpoint",
+            "lower the learning rate",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ckpt = stderr
+        .split("the last good checkpoint is ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .expect("names the checkpoint");
+    assert!(std::path::Path::new(ckpt).is_file(), "{ckpt} kept");
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains("\"kind\":\"diverged\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn unknown_probe_key_is_refused() {
+    let out = run(&[
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--set",
+        "probe.sise=64",
+    ]);
+    assert_one_line_error(&out, &["unknown field `sise`", "lanczos_iters"]);
 }

@@ -9,7 +9,7 @@ fn trains_the_cifar10_cnn_config_on_official_format_files() {
     let mut args = vec![
         "train",
         "--config",
-        "configs/cifar10_cnn.toml",
+        "configs/cifar10_cnn_clr.toml",
         // The archive's top level is accepted as well as the folder of .bin files.
         "--data",
         tmp.path().to_str().unwrap(),

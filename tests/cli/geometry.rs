@@ -154,3 +154,102 @@ fn export_holds_pytorch_layouts_that_reproduce_the_loss() {
     let meta = header.metadata().clone().unwrap();
     assert!(meta.contains_key("noisegeom_arch") && meta["layout"].contains("[out, in]"));
 }
+
+/// `noisegeom plot` on a tiny run with probes: PNG + SVG and one CSV per event kind, with
+/// the probe columns present and one row per probe event.
+#[test]
+fn plot_draws_runs_and_writes_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (dir, seed) in [(&a, "0"), (&b, "1")] {
+        let out = run(&[
+            "train",
+            "--config",
+            "configs/quickstart.toml",
+            "--out",
+            dir.to_str().unwrap(),
+            "--seed",
+            seed,
+            "--set",
+            "data.n_train=64",
+            "--set",
+            "data.n_test=16",
+            "--set",
+            "data.image_size=8",
+            "--set",
+            "model={kind = \"fnn\", hidden = [16], activation = \"tanh\"}",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "train.steps=12",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "train.eval_every=4",
+            "--set",
+            "train.lr.period=8",
+            "--set",
+            "probe.size=32",
+            "--set",
+            "probe.k=3",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // One run: into RUN/plots.
+    let out = run(&["plot", a.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "a.png",
+        "a.svg",
+        "a-steps.csv",
+        "a-evals.csv",
+        "a-probes.csv",
+    ] {
+        assert!(a.join("plots").join(f).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(a.join("plots/a-probes.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for col in [
+        "step",
+        "mu",
+        "lambda_max_g",
+        "lambda_max_h",
+        "trace_g",
+        "g_fro",
+        "g_k_1",
+    ] {
+        assert!(header.contains(&col), "{col} in {header:?}");
+    }
+    // Probes at 0, at every half-period (4, 8) and at the end (12).
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    let mu_col = header.iter().position(|h| *h == "mu").unwrap();
+    for row in csv.lines().skip(1) {
+        let mu: f64 = row.split(',').nth(mu_col).unwrap().parse().unwrap();
+        assert!(mu.is_finite() && mu > 0.0, "{row}");
+    }
+    // Two runs overlaid.
+    let out_dir = tmp.path().join("both");
+    let out = run(&[
+        "plot",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(out_dir.join("compare.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    assert!(out_dir.join("b-probes.csv").is_file());
+}

@@ -31,6 +31,13 @@ fn args(out: &str) -> Vec<&str> {
         "train.log_every=1",
         "--set",
         "train.lr.period=16",
+        // Probes at every LR peak and trough (every 8 steps): their events must resume too.
+        "--set",
+        "probe.size=16",
+        "--set",
+        "probe.k=2",
+        "--set",
+        "probe.lanczos_iters=4",
     ]
 }
 
@@ -67,6 +74,81 @@ fn same_seed_same_losses_on_cpu() {
         la,
         "a different seed should change the trajectory"
     );
+}
+
+fn final_checkpoint(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("checkpoints/step-0000000120.ckpt")).unwrap()
+}
+
+/// Probes read θ and nothing else: with and without them, the same seed gives the same
+/// training losses and bitwise the same final parameters and momentum.
+#[test]
+fn probes_do_not_perturb_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
+    let mut a = args(with.to_str().unwrap());
+    a.extend(["--set", "probe.every=5"]);
+    let mut b = args(without.to_str().unwrap());
+    b.extend(["--set", "probe.enabled=false"]);
+    for args in [&a, &b] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let log = std::fs::read_to_string(with.join("metrics.jsonl")).unwrap();
+    let probes: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "probe")
+        .collect();
+    let steps: Vec<u64> = probes.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    // Step 0, every 5 steps, every half-period (8) of the CLR, and the end.
+    let want: Vec<u64> = (0..=120).filter(|s| s % 5 == 0 || s % 8 == 0).collect();
+    assert_eq!(steps, want);
+    for p in &probes {
+        for key in [
+            "mu",
+            "trace_g",
+            "g_fro",
+            "lambda_max_g",
+            "lambda_max_h",
+            "loss",
+            "accuracy",
+        ] {
+            assert!(p[key].as_f64().is_some_and(f64::is_finite), "{key} in {p}");
+        }
+        // k = 2, fewer when G has one distinct nonzero eigenvalue (a dead ReLU net keeps
+        // only the output bias: G = I).
+        let k = p["lambda_g"].as_array().unwrap().len();
+        assert!((1..=2).contains(&k), "{p}");
+        assert_eq!(p["samples"], 16);
+    }
+    let without_log = std::fs::read_to_string(without.join("metrics.jsonl")).unwrap();
+    assert!(!without_log.contains("\"probe\""));
+    assert_eq!(
+        losses(&with),
+        losses(&without),
+        "probes changed the training losses"
+    );
+    // The checkpoint header records the log's length, which the probe events change; the
+    // payload after it (parameters and momentum) must be bitwise the same.
+    let payload = |ck: Vec<u8>| {
+        assert_eq!(&ck[..8], b"NGCKPT01");
+        let header = u64::from_le_bytes(ck[8..16].try_into().unwrap()) as usize;
+        ck[16 + header..].to_vec()
+    };
+    assert_eq!(
+        payload(final_checkpoint(&with)),
+        payload(final_checkpoint(&without)),
+        "probes changed θ or the momentum"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(with.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["probes"], probes.len());
+    assert!(summary["probe_overhead_percent"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -119,10 +201,10 @@ fn killed_run_resumes_to_the_identical_state_and_log() {
             first.map(|i| b.lines().nth(i))
         );
     }
-    let last = "checkpoints/step-0000000120.ckpt";
+    assert!(a.contains("\"kind\":\"probe\""), "the run logs probes");
     assert_eq!(
-        std::fs::read(whole.join(last)).unwrap(),
-        std::fs::read(cut.join(last)).unwrap(),
+        final_checkpoint(&whole),
+        final_checkpoint(&cut),
         "final parameters and momentum differ bitwise"
     );
 }

@@ -167,6 +167,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "f64")]
         precision: Precision,
     },
+    /// Draw training curves of one or more run directories, overlaid: loss, accuracy, LR,
+    /// μ, λ_max(G), λ_max(H) and Tr G against the step (PNG + SVG), plus CSV of each run.
+    Plot {
+        /// Run directories written by `noisegeom train`.
+        #[arg(required = true, value_name = "RUN_DIR")]
+        runs: Vec<PathBuf>,
+        /// Output folder (default: RUN_DIR/plots for one run, plots/ for several).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// List the backends this build can use, and the wgpu adapter if there is one.
     Backends,
     /// Time workloads (median of repeats after a warm-up) on one or more backends, side by side.
@@ -290,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             command: DataCommand::Info { path },
         } => cmd::data::info(&path),
         Command::Backends => Ok(backend::describe()),
+        Command::Plot { runs, out } => cmd::plot::plot(&runs, out),
         Command::Figure {
             figure,
             quick,

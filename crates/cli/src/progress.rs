@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use noisegeom_train::{Eval, Observer};
+use noisegeom_train::{Eval, Observer, ProbeRecord};
 
 pub struct Progress {
     bar: ProgressBar,
@@ -69,6 +69,22 @@ impl Observer for Progress {
                 acc(e.train.accuracy),
                 e.test.mse,
                 acc(e.test.accuracy)
+            )
+        });
+    }
+
+    fn probed(&mut self, p: &ProbeRecord) {
+        let g = &p.geometry;
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        self.bar.suspend(|| {
+            tracing::info!(
+                "probe at step {}: μ {} | λmax(G) {} | λmax(H) {} | Tr G {:.4} | g_1 {}",
+                p.step,
+                g.mu,
+                opt(g.lambda_max_g),
+                opt(g.lambda_max_h),
+                g.trace_g,
+                g.g_k.first().map_or("-".to_string(), |r| r.to_string()),
             )
         });
     }

@@ -137,6 +137,22 @@ impl Dataset {
         Ok(self.select(&self.subset_indices(n, seed, balanced)?))
     }
 
+    /// A probe set for the geometry metrics: `size` samples (at most all of them), drawn
+    /// class-balanced when every class has enough samples, else uniformly. Returns the set,
+    /// its indices in `self` and whether it is balanced.
+    pub fn probe_subset(
+        &self,
+        size: usize,
+        seed: u64,
+    ) -> Result<(Dataset, Vec<usize>, bool), DataError> {
+        let size = size.min(self.len());
+        let balanced = self
+            .class_counts()
+            .is_some_and(|c| c.iter().all(|&k| k >= size.div_ceil(c.len())));
+        let idx = self.subset_indices(size, seed, balanced)?;
+        Ok((self.select(&idx), idx, balanced))
+    }
+
     /// The indices [`Dataset::subset`] takes, sorted ascending.
     pub fn subset_indices(
         &self,

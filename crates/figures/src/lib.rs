@@ -5,6 +5,7 @@
 //! - [`fig2a`]: α_k against λ_k over every nonzero eigen-direction of linear models.
 //! - [`fig3`]: escape from a sharp minimum, SGD against GD.
 //! - [`fig4`]: cyclical learning rates on a toy with a valley of minima of varying sharpness.
+//! - [`runs`]: training curves of run directories (`noisegeom plot`), and their CSV.
 //!
 //! Configs are TOML with unknown keys rejected; a `[quick]` table holds the overrides that
 //! `--quick` applies.
@@ -14,6 +15,7 @@ pub mod fig2a;
 pub mod fig3;
 pub mod fig4;
 pub mod plot;
+pub mod runs;
 
 use std::path::{Path, PathBuf};
 

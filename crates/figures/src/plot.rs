@@ -289,7 +289,11 @@ where
         let anno = if s.scatter {
             chart.draw_series(pts.iter().map(|&q| Circle::new(q, 2, color.filled())))?
         } else {
-            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)).point_size(3))?
+            // Markers only where they stay readable.
+            let marker = if pts.len() <= 200 { 3 } else { 0 };
+            chart.draw_series(
+                LineSeries::new(pts.clone(), color.stroke_width(2)).point_size(marker),
+            )?
         };
         anno.label(s.label.clone()).legend(move |(x, y)| {
             PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))

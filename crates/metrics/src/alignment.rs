@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gram::Gram;
+use crate::lanczos::{LanczosResult, lanczos};
 use crate::linalg::sym_eig;
 use crate::ops::QuadForms;
 use crate::report::{Cutoffs, Ratio};
@@ -118,11 +119,68 @@ pub struct Spectrum {
 /// eig(K/n) → λ_k, w_k; then, with no p-vector formed (J u_k = sqrt(nλ_k) w_k):
 /// α_k = λ_k [Σ_i (e_i·w_{k,i})² − (e·w_k)²/n] and g_k = [n Σ_i (e_i·w_{k,i})² − (e·w_k)²] / ||e||².
 pub fn exact_spectrum(k: &Gram, e: &[f64], cut: &Cutoffs) -> Spectrum {
-    let (n, c, dim) = (k.n, k.c, k.dim());
-    let nf = n as f64;
-    let (vals, vecs) = sym_eig(dim, |r, s| k.at(r, s) / nf);
+    let nf = k.n as f64;
+    let (vals, vecs) = sym_eig(k.dim(), |r, s| k.at(r, s) / nf);
     let lmax = vals.first().copied().unwrap_or(0.0).max(0.0);
+    let threshold = lmax * k.dim() as f64 * cut.eps;
+    let pairs = vals.iter().copied().zip(vecs.iter().map(Vec::as_slice));
+    spectrum_from_pairs(
+        k,
+        e,
+        pairs,
+        threshold,
+        "exact: eigendecomposition of K/n".into(),
+    )
+}
+
+/// The top `top` eigenpairs of G from the Gram, by Lanczos on the dense nc×nc matrix K/n
+/// (`iters` steps, full reorthogonalisation), with α_k and g_k as in [`exact_spectrum`].
+/// No product with G is needed, so this costs O(iters·(nc)²) once the Gram exists. The
+/// Lanczos record (with each pair's explicit residual on K/n) is returned beside it.
+pub fn top_spectrum(
+    k: &Gram,
+    e: &[f64],
+    cut: &Cutoffs,
+    top: usize,
+    iters: usize,
+    seed: u64,
+) -> (Spectrum, LanczosResult) {
+    let (dim, nf) = (k.dim(), k.n as f64);
+    let mut matvec = |v: &[f64]| -> Vec<f64> {
+        k.k.chunks_exact(dim.max(1))
+            .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum::<f64>() / nf)
+            .collect()
+    };
+    let run = lanczos(
+        dim,
+        &mut matvec,
+        top,
+        iters.min(dim),
+        seed,
+        cut.ritz_tolerance,
+    );
+    let lmax = run.top.first().map_or(0.0, |r| r.value.max(0.0));
     let threshold = lmax * dim as f64 * cut.eps;
+    let pairs = run.top.iter().map(|r| (r.value, r.vector.as_slice()));
+    let s = spectrum_from_pairs(
+        k,
+        e,
+        pairs,
+        threshold,
+        format!("Lanczos on K/n, top {top} of {} steps", run.iterations),
+    );
+    (s, run)
+}
+
+fn spectrum_from_pairs<'a>(
+    k: &Gram,
+    e: &[f64],
+    pairs: impl Iterator<Item = (f64, &'a [f64])>,
+    threshold: f64,
+    method: String,
+) -> Spectrum {
+    let (n, c) = (k.n, k.c);
+    let nf = n as f64;
     let e2: f64 = e.iter().map(|v| v * v).sum();
     let mut s = Spectrum {
         lambda: Vec::new(),
@@ -131,10 +189,10 @@ pub fn exact_spectrum(k: &Gram, e: &[f64], cut: &Cutoffs) -> Spectrum {
         g: Vec::new(),
         dropped: 0,
         nonzero_cutoff: threshold,
-        method: "exact: eigendecomposition of K/n".into(),
+        method,
     };
-    for (lam, w) in vals.iter().zip(&vecs) {
-        if *lam <= threshold {
+    for (lam, w) in pairs {
+        if lam <= threshold {
             s.dropped += 1;
             continue;
         }
@@ -145,7 +203,7 @@ pub fn exact_spectrum(k: &Gram, e: &[f64], cut: &Cutoffs) -> Spectrum {
             per += d * d;
             ew += d;
         }
-        s.lambda.push(*lam);
+        s.lambda.push(lam);
         s.alpha.push(lam * (per - ew * ew / nf));
         s.alpha_unc.push(lam * per);
         s.g.push(Ratio::new(nf * per - ew * ew, e2, 0.0, "L = 0"));

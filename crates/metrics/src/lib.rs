@@ -11,6 +11,8 @@
 //! - [`lanczos`]: Lanczos with full reorthogonalisation and residuals; SLQ densities.
 //! - [`hutchinson`]: stochastic μ, Tr G, ||G||_F² with standard errors.
 //! - [`measure()`]: all of the above on request, as one serialisable [`Measurement`].
+//! - [`track()`]: the cheap exact subset followed during training (μ, Tr G, ||G||_F, top of
+//!   G with g_k from the Gram, λ_max(H)).
 //!
 //! The crate knows models only through `noisegeom_models::Net` and its flat θ, and never
 //! changes the parameters it is given.
@@ -24,10 +26,12 @@ mod measure;
 pub mod nested;
 mod ops;
 pub mod report;
+pub mod track;
 
 pub use measure::{Curvature, EigenDirections, MeasureOptions, Measurement, Method, measure};
 pub use ops::{ProbeOps, QuadForms};
 pub use report::{Cutoffs, Estimate, Ratio};
+pub use track::{TrackOptions, Tracked, track};
 
 /// Errors from the geometry engine, one line each.
 #[derive(Debug, thiserror::Error)]

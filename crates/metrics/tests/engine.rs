@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use noisegeom_metrics::alignment::{exact_alignment, exact_spectrum};
+use noisegeom_metrics::alignment::{exact_alignment, exact_spectrum, top_spectrum};
 use noisegeom_metrics::gram::gram;
 use noisegeom_metrics::hutchinson::hutchinson;
 use noisegeom_metrics::lanczos::lanczos;
@@ -118,6 +118,67 @@ fn exact_spectrum_matches_dense_eigendecomposition() {
                 );
                 let g = spec.g[idx].value().unwrap();
                 assert!((g - alpha / (two_l * w)).abs() <= 1e-8 * (1.0 + g.abs()));
+            }
+        }
+    }
+}
+
+/// The training probes' path: top-k of G by Lanczos on the dense K/n, against the dense
+/// eigendecomposition of the p×p matrix G and u_kᵀΣ₁u_k with its eigenvectors.
+#[test]
+fn top_spectrum_matches_dense_top_pairs() {
+    for p in zoo(5) {
+        let truth = dense(&p);
+        let np = p.theta.len();
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 5, &dev()).unwrap();
+        let k = gram(&ops, 5, 1 << 30).unwrap();
+        let cut = Cutoffs::new(f64::EPSILON);
+        let (spec, run) = top_spectrum(&k, ops.residuals(), &cut, 3, k.dim(), 7);
+        let (vals, vecs) = sym_eig(np, |i, j| truth.g[i][j]);
+        let lmax = vals[0];
+        // Single-vector Lanczos finds each distinct eigenvalue once.
+        let want = distinct(&vals, 1e-9 * lmax);
+        let want: Vec<f64> = want
+            .into_iter()
+            .filter(|v| *v > spec.nonzero_cutoff)
+            .take(3)
+            .collect();
+        assert_eq!(
+            spec.lambda.len(),
+            want.len(),
+            "{}: {:?} vs {want:?}",
+            p.name,
+            spec.lambda
+        );
+        for (idx, (got, w)) in spec.lambda.iter().zip(&want).enumerate() {
+            assert!(
+                (got - w).abs() <= 1e-9 * lmax,
+                "{}: λ_{idx} {got} vs {w}",
+                p.name
+            );
+            assert!(run.top[idx].residual <= 1e-8 * lmax, "{}: residual", p.name);
+            let j = vals
+                .iter()
+                .position(|v| (v - w).abs() <= 1e-9 * lmax)
+                .unwrap();
+            let gap = vals
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != j)
+                .map(|(_, v)| (v - w).abs())
+                .fold(f64::INFINITY, f64::min);
+            if gap > 1e-6 * lmax {
+                let u = &vecs[j];
+                let su = matvec(&truth.sigma, u);
+                let alpha: f64 = u.iter().zip(&su).map(|(a, b)| a * b).sum();
+                let scale = alpha.abs().max(1e-12 * lmax);
+                assert!(
+                    (spec.alpha[idx] - alpha).abs() <= 1e-7 * scale.max(spec.alpha[0].abs()),
+                    "{}: α_{idx} {} vs {alpha}",
+                    p.name,
+                    spec.alpha[idx]
+                );
             }
         }
     }

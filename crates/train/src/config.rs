@@ -19,6 +19,99 @@ pub struct ExperimentConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub train: TrainSettings,
+    /// Noise geometry measured during training (absent: no probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSettings>,
+}
+
+/// The `[probe]` table: noise geometry on a fixed subset of the training set, measured
+/// every `every` steps and at the end of each high- and low-LR phase of a cyclical
+/// schedule, always at step 0 and at the end. Probes read the parameters and nothing else,
+/// so they never change the training trajectory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// `false` turns probes off without deleting the table (`--set probe.enabled=false`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Samples in the probe subset (class-balanced when every class has enough).
+    #[serde(default = "probe_size")]
+    pub size: usize,
+    /// Probe every this many steps; 0 probes only at phase ends, the start and the end.
+    #[serde(default)]
+    pub every: u64,
+    /// Probe at the end of each half-cycle of a cyclical schedule (the LR peaks and troughs).
+    #[serde(default = "yes")]
+    pub at_phase_ends: bool,
+    /// Top eigen-directions of G along which g_k and α_k are logged.
+    #[serde(default = "five")]
+    pub k: usize,
+    /// Lanczos steps, for G (on the dense Gram) and for H.
+    #[serde(default = "twenty")]
+    pub lanczos_iters: usize,
+    /// Also λ_max(H), by Lanczos on exact Hessian-vector products (the costly part).
+    #[serde(default = "yes")]
+    pub hessian: bool,
+    /// Samples per forward pass inside a probe.
+    #[serde(default = "probe_chunk")]
+    pub chunk: usize,
+    /// Byte budget of the exact Gram; above it μ is a Hutchinson estimate with an error bar.
+    #[serde(default = "gram_gb")]
+    pub max_gram_gb: f64,
+    /// Seeds the probe subset and the Lanczos start vectors.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn probe_size() -> usize {
+    256
+}
+fn yes() -> bool {
+    true
+}
+fn five() -> usize {
+    5
+}
+fn twenty() -> usize {
+    20
+}
+fn probe_chunk() -> usize {
+    256
+}
+fn gram_gb() -> f64 {
+    2.0
+}
+
+impl ProbeSettings {
+    /// Whether a probe runs after `done` steps of `total` (phase ends given by the schedule).
+    pub fn due(&self, done: u64, total: u64, phase_ends: &[u64]) -> bool {
+        done == 0
+            || done == total
+            || (self.every > 0 && done % self.every == 0)
+            || (self.at_phase_ends && phase_ends.binary_search(&done).is_ok())
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.size < 2 {
+            return Err(format!("probe.size = {}; it must be at least 2", self.size));
+        }
+        if self.k == 0 || self.lanczos_iters < self.k {
+            return Err(format!(
+                "probe.k = {} and probe.lanczos_iters = {}: need 1 ≤ k ≤ lanczos_iters",
+                self.k, self.lanczos_iters
+            ));
+        }
+        if self.chunk == 0 {
+            return Err("probe.chunk = 0; it must be at least 1".into());
+        }
+        if !(self.max_gram_gb > 0.0 && self.max_gram_gb.is_finite()) {
+            return Err(format!(
+                "probe.max_gram_gb = {}; it must be positive",
+                self.max_gram_gb
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Loss minimised by the trainer. The geometry metrics always use the square loss.
@@ -174,6 +267,9 @@ impl ExperimentConfig {
     /// Range checks that do not need the data.
     pub fn validate(&self) -> Result<(), String> {
         self.data.validate()?;
+        if let Some(p) = &self.probe {
+            p.validate()?;
+        }
         let t = &self.train;
         t.lr.validate()?;
         match (t.steps, t.epochs) {

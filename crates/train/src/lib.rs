@@ -5,7 +5,7 @@
 //! RUN/config.toml      the resolved config (what actually ran)
 //! RUN/env.json         git revision and dirty flag, backend, versions, seed
 //! RUN/data.json        dataset provenance, sizes, normalisation, architecture
-//! RUN/metrics.jsonl    one JSON object per event: start, step, eval, checkpoint, end
+//! RUN/metrics.jsonl    one JSON object per event: start, step, eval, probe, checkpoint, end
 //! RUN/checkpoints/     step-NNNNNNNNNN.ckpt, written atomically
 //! RUN/summary.json     final losses, accuracies and timings
 //! ```
@@ -17,11 +17,13 @@
 pub mod checkpoint;
 mod config;
 pub mod fsio;
+mod probe;
 mod schedule;
 mod sgd;
 mod trainer;
 
-pub use config::{ExperimentConfig, LossKind, TrainSettings};
+pub use config::{ExperimentConfig, LossKind, ProbeSettings, TrainSettings};
+pub use probe::{Probe, ProbeRecord};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{
@@ -40,6 +42,8 @@ pub enum TrainError {
     Data(#[from] noisegeom_data::DataError),
     #[error(transparent)]
     Model(#[from] noisegeom_models::ModelError),
+    #[error("probe: {0}")]
+    Geometry(#[from] noisegeom_metrics::GeometryError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::fsio::{JsonLog, write_atomic};
+use crate::probe::{Probe, ProbeRecord};
 use crate::sgd::{Sgd, SgdConfig};
 use crate::{ExperimentConfig, LossKind, TrainError};
 
@@ -37,6 +38,7 @@ pub trait Observer {
     fn started(&mut self, _first_step: u64, _total_steps: u64) {}
     fn stepped(&mut self, _step: u64, _loss: f64, _lr: f64) {}
     fn evaluated(&mut self, _eval: &Eval) {}
+    fn probed(&mut self, _probe: &ProbeRecord) {}
     fn checkpointed(&mut self, _step: u64, _path: &Path) {}
     /// Polled after every step; `true` makes the trainer checkpoint and return.
     fn stop_requested(&self) -> bool {
@@ -79,6 +81,11 @@ pub struct Summary {
     pub train_seconds: f64,
     pub eval_seconds: f64,
     pub checkpoint_seconds: f64,
+    /// Time in noise-geometry probes (this process), and as a percentage of training time.
+    pub probe_seconds: f64,
+    pub probes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_overhead_percent: Option<f64>,
     pub wall_seconds: f64,
     pub samples_per_second: f64,
     pub run_dir: PathBuf,
@@ -251,7 +258,41 @@ pub fn train<B: AutodiffBackend>(
         }))
         .map_err(log_err)?;
     }
+    let mut probe = match cfg.probe.as_ref().filter(|p| p.enabled) {
+        Some(p) => Some(Probe::new(
+            p,
+            &prepared.train,
+            arch.clone(),
+            cfg.seed,
+            t.lr.phase_ends(total),
+        )?),
+        None => None,
+    };
+    let mut probes = 0;
+    let mut run_probe = |probe: &mut Probe,
+                         net: &Net<B::InnerBackend>,
+                         step: u64,
+                         lr: f64,
+                         log: &mut JsonLog,
+                         observer: &mut dyn Observer|
+     -> Result<(), TrainError> {
+        let rec = probe.run(net, step, lr, device)?;
+        let mut ev = serde_json::to_value(&rec).expect("json");
+        ev["kind"] = json!("probe");
+        log.write(&ev).map_err(|e| TrainError::Io {
+            path: log_path.clone(),
+            source: e,
+        })?;
+        observer.probed(&rec);
+        probes += 1;
+        Ok(())
+    };
     observer.started(start, total);
+    if start == 0
+        && let Some(p) = probe.as_mut()
+    {
+        run_probe(p, &model.valid(), 0, t.lr.lr(0), &mut log, observer)?;
+    }
 
     let (mut train_s, mut eval_s, mut ckpt_s) = (0.0, 0.0, 0.0);
     let mut window = (0.0f64, 0u64);
@@ -305,6 +346,9 @@ pub fn train<B: AutodiffBackend>(
             observer.evaluated(&eval);
             final_eval = Some(eval);
         }
+        if let Some(p) = probe.as_mut().filter(|p| p.due(done, total)) {
+            run_probe(p, &model.valid(), done, lr, &mut log, observer)?;
+        }
         let stop = observer.stop_requested();
         if done % ckpt_every == 0 || done == total || stop {
             let t2 = Instant::now();
@@ -352,6 +396,7 @@ pub fn train<B: AutodiffBackend>(
     log.write(&end).map_err(log_err)?;
     log.sync().map_err(log_err)?;
     let steps_run = total - start;
+    let probe_s = probe.as_ref().map_or(0.0, |p| p.seconds);
     let summary = Summary {
         steps: total,
         final_eval,
@@ -359,6 +404,10 @@ pub fn train<B: AutodiffBackend>(
         train_seconds: train_s,
         eval_seconds: eval_s,
         checkpoint_seconds: ckpt_s,
+        probe_seconds: probe_s,
+        probes,
+        probe_overhead_percent: (probe.is_some() && train_s > 0.0)
+            .then(|| 100.0 * probe_s / train_s),
         wall_seconds: wall.elapsed().as_secs_f64(),
         samples_per_second: if train_s > 0.0 {
             (steps_run * t.batch_size as u64) as f64 / train_s

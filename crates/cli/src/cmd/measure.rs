@@ -100,20 +100,6 @@ pub fn resolve<B: AutodiffBackend>(
     ))
 }
 
-/// The probe set: a seeded subset of the training set, class-balanced when it can be.
-pub fn probe_set(
-    train: &Dataset,
-    size: usize,
-    seed: u64,
-) -> anyhow::Result<(Dataset, Vec<usize>, bool)> {
-    let size = size.min(train.len());
-    let balanced = train
-        .class_counts()
-        .is_some_and(|c| c.iter().all(|&k| k >= size.div_ceil(c.len())));
-    let idx = train.subset_indices(size, seed, balanced)?;
-    Ok((train.select(&idx), idx, balanced))
-}
-
 pub struct MeasureJob {
     pub run: Option<PathBuf>,
     pub config: Option<PathBuf>,
@@ -143,8 +129,9 @@ impl Job for MeasureJob {
             self.data.as_deref(),
             &device,
         )?;
-        let (probe, indices, balanced) =
-            probe_set(&prepared.train, self.probe_size, self.probe_seed)?;
+        let (probe, indices, balanced) = prepared
+            .train
+            .probe_subset(self.probe_size, self.probe_seed)?;
         let ops = ProbeOps::<B::InnerBackend>::from_dataset(
             src.arch.clone(),
             &src.theta,
@@ -316,7 +303,9 @@ impl Job for ExportJob {
             self.data.as_deref(),
             &device,
         )?;
-        let (probe, indices, _) = probe_set(&prepared.train, self.probe_size, self.probe_seed)?;
+        let (probe, indices, _) = prepared
+            .train
+            .probe_subset(self.probe_size, self.probe_seed)?;
         let bytes = export_safetensors(&src, &probe, &indices)?;
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;

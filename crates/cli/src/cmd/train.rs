@@ -104,8 +104,17 @@ impl Job for TrainJob {
                     a.map(|a| format!(", accuracy {:.2}%", 100.0 * a))
                         .unwrap_or_default()
                 };
+                let probes = s
+                    .probe_overhead_percent
+                    .map(|o| {
+                        format!(
+                            "\n{} noise-geometry probes took {:.1} s, {o:.1}% of the training time",
+                            s.probes, s.probe_seconds
+                        )
+                    })
+                    .unwrap_or_default();
                 Ok(format!(
-                    "finished {} steps in {:.1} s ({:.0} samples/s on {}): train loss {:.4}{}; test loss {:.4}{}\nrun directory: {}",
+                    "finished {} steps in {:.1} s ({:.0} samples/s on {}): train loss {:.4}{}; test loss {:.4}{}{probes}\nrun directory: {}",
                     s.steps,
                     s.wall_seconds,
                     s.samples_per_second,

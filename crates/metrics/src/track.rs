@@ -1,0 +1,141 @@
+//! The few numbers worth following during training, at the lowest cost that keeps them
+//! exact: μ, Tr G and ||G||_F from the Gram, the top eigenpairs of G (with α_k and g_k)
+//! from Lanczos on the dense K/n rather than on G itself, and λ_max(H) from Lanczos on
+//! exact Hessian-vector products. When the Gram does not fit its byte budget, μ falls back
+//! to Hutchinson (with standard errors) and the top of G to Lanczos on exact Gv products.
+
+use serde::{Deserialize, Serialize};
+
+use crate::alignment::{directional, exact_alignment, top_spectrum};
+use crate::gram::gram;
+use crate::hutchinson::hutchinson;
+use crate::lanczos::lanczos;
+use crate::report::{Cutoffs, Ratio, eps_of};
+use crate::{GeometryError, ProbeOps};
+
+/// What [`track`] computes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrackOptions {
+    /// Top eigen-directions of G along which g_k is reported.
+    pub k: usize,
+    /// Lanczos steps, on K/n for G and on H.
+    pub iters: usize,
+    /// Also λ_max(H) (Lanczos on exact Hv; the most expensive part by far).
+    pub hessian: bool,
+    pub gram_max_bytes: usize,
+    pub hutchinson_samples: usize,
+    pub seed: u64,
+}
+
+/// The tracked quantities at one θ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub loss: f64,
+    pub mu: Ratio,
+    pub mu_unc: Ratio,
+    pub c_mu: Ratio,
+    /// Standard error of μ when it is a Hutchinson estimate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mu_se: Option<f64>,
+    pub trace_g: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_g_se: Option<f64>,
+    pub g_fro: f64,
+    pub lambda_max_g: Option<f64>,
+    pub lambda_max_g_residual: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_max_h: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_max_h_residual: Option<f64>,
+    /// Top eigenvalues of G, descending, with α_k = u_kᵀΣ₁u_k and g_k = α_k/(2Lλ_k).
+    pub lambda_g: Vec<f64>,
+    pub alpha_g: Vec<f64>,
+    pub g_k: Vec<Ratio>,
+    /// `exact (Gram)` or `stochastic (Hutchinson)`.
+    pub method: String,
+}
+
+pub fn track<B: burn::tensor::backend::Backend>(
+    ops: &ProbeOps<B>,
+    opt: &TrackOptions,
+    chunk: usize,
+) -> Result<Tracked, GeometryError> {
+    let cut = Cutoffs::new(eps_of(std::mem::size_of::<B::FloatElem>()));
+    let loss = ops.loss();
+    let two_l = 2.0 * loss;
+    let mut t = match gram(ops, chunk, opt.gram_max_bytes) {
+        Ok(k) => {
+            let la = exact_alignment(&k, ops.residuals());
+            let (spec, run) = top_spectrum(&k, ops.residuals(), &cut, opt.k, opt.iters, opt.seed);
+            Tracked {
+                loss,
+                mu: la.mu,
+                mu_unc: la.mu_unc,
+                c_mu: la.c_mu,
+                mu_se: None,
+                trace_g: la.trace_g,
+                trace_g_se: None,
+                g_fro: la.g_fro2.sqrt(),
+                lambda_max_g: run.top.first().map(|r| r.value),
+                lambda_max_g_residual: run.top.first().map(|r| r.residual),
+                lambda_max_h: None,
+                lambda_max_h_residual: None,
+                lambda_g: spec.lambda,
+                alpha_g: spec.alpha,
+                g_k: spec.g,
+                method: la.method,
+            }
+        }
+        Err(GeometryError::Budget(_)) => {
+            let s = hutchinson(ops, opt.hutchinson_samples, opt.seed);
+            let zero = cut.zero_form(s.trace_g.mean);
+            let run = lanczos(
+                ops.p,
+                &mut |v| ops.gv(v),
+                opt.k,
+                opt.iters.min(ops.p),
+                opt.seed,
+                cut.ritz_tolerance,
+            );
+            let (mut lambda_g, mut alpha_g, mut g_k) = (Vec::new(), Vec::new(), Vec::new());
+            for r in &run.top {
+                let q = ops.quad_forms(&r.vector);
+                lambda_g.push(r.value);
+                alpha_g.push(q.sigma());
+                g_k.push(directional(&q, two_l, zero).g);
+            }
+            Tracked {
+                loss,
+                mu: s.alignment.mu.clone(),
+                mu_unc: s.alignment.mu_unc.clone(),
+                c_mu: s.alignment.c_mu.clone(),
+                mu_se: Some(s.mu_se),
+                trace_g: s.trace_g.mean,
+                trace_g_se: Some(s.trace_g.se),
+                g_fro: s.g_fro2.mean.max(0.0).sqrt(),
+                lambda_max_g: run.top.first().map(|r| r.value),
+                lambda_max_g_residual: run.top.first().map(|r| r.residual),
+                lambda_max_h: None,
+                lambda_max_h_residual: None,
+                lambda_g,
+                alpha_g,
+                g_k,
+                method: s.alignment.method,
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    if opt.hessian {
+        let h = lanczos(
+            ops.p,
+            &mut |v| ops.hv(v),
+            1,
+            opt.iters.min(ops.p),
+            opt.seed ^ 1,
+            cut.ritz_tolerance,
+        );
+        t.lambda_max_h = h.top.first().map(|r| r.value);
+        t.lambda_max_h_residual = h.top.first().map(|r| r.residual);
+    }
+    Ok(t)
+}
