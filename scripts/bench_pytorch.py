@@ -24,6 +24,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def reset_peak_rss():
+    """Resets the kernel's peak-RSS mark (Linux >= 4.0), as `noisegeom bench` does."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def fnn():
     return nn.Sequential(
         nn.Linear(3072, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
@@ -63,12 +83,15 @@ def main():
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     results = []
+    reset_peak_rss()
 
     def record(name, warm, times, throughput, unit):
         med = statistics.median(times)
         results.append(dict(workload=name, backend=f"pytorch {torch.__version__} ({dev.type}, f32, {a.threads} threads)",
                             warmup_s=warm, median_s=med, min_s=times[0], max_s=times[-1],
-                            repeats=len(times), throughput=throughput(med), unit=unit))
+                            repeats=len(times), throughput=throughput(med), unit=unit,
+                            peak_rss_mb=peak_rss_mb()))
+        reset_peak_rss()
 
     wl = a.workloads.split(",")
     for name in [w for w in wl if w.startswith("train-")]:

@@ -139,8 +139,8 @@ pub fn run(
                     delta.iter_mut().zip(&grad).for_each(|(dl, g)| *dl -= s * g);
                 } else {
                     let mut grad = vec![0.0; d];
-                    for i in 0..n {
-                        let ri = r[i] / n as f64;
+                    for (i, ri) in r.iter().enumerate() {
+                        let ri = ri / n as f64;
                         grad.iter_mut()
                             .zip(row(i))
                             .for_each(|(g, xi)| *g += xi * ri);

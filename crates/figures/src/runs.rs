@@ -79,8 +79,6 @@ pub fn plot_runs(runs: &[RunLog], stem: &Path) -> Result<String, FigureError> {
     let label = |r: &RunLog, what: &str| {
         if runs.len() == 1 {
             what.to_string()
-        } else if what.is_empty() {
-            r.name.clone()
         } else {
             format!("{} {what}", r.name)
         }
@@ -138,8 +136,8 @@ pub fn plot_runs(runs: &[RunLog], stem: &Path) -> Result<String, FigureError> {
         panel("test accuracy", "accuracy", false, acc),
         panel("learning rate", "η", false, lr),
         panel("loss alignment μ on the probe set", "μ", false, mu),
-        panel("sharpness", "λ_max", true, lmax),
-        panel("Tr G", "Tr G", true, trace),
+        panel("sharpness", "λ_max", false, lmax),
+        panel("Tr G", "Tr G", false, trace),
     ];
     save(stem, &panels, 3, (560, 400))?;
     let dir = stem.parent().unwrap_or(Path::new("."));

@@ -29,7 +29,7 @@ pub mod report;
 pub mod track;
 
 pub use measure::{Curvature, EigenDirections, MeasureOptions, Measurement, Method, measure};
-pub use ops::{ProbeOps, QuadForms};
+pub use ops::{FdOperator, FiniteDifference, ProbeOps, QuadForms};
 pub use report::{Cutoffs, Estimate, Ratio};
 pub use track::{TrackOptions, Tracked, track};
 

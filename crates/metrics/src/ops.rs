@@ -40,6 +40,24 @@ pub struct ProbeOps<B: Backend> {
     grad: Vec<f64>,
 }
 
+/// Which operator [`ProbeOps::finite_difference`] approximates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdOperator {
+    Jv,
+    Hv,
+}
+
+/// A finite-difference product with the error it reports for itself.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FiniteDifference {
+    pub value: Vec<f64>,
+    /// Estimated relative error, an upper estimate for `value` (see
+    /// [`ProbeOps::finite_difference`]).
+    pub error_estimate: f64,
+    pub step: f64,
+    pub method: String,
+}
+
 /// The quadratic forms of SPEC §3 along one direction u, from a single JVP.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuadForms {
@@ -155,6 +173,79 @@ impl<B: Backend> ProbeOps<B> {
 
     pub fn theta(&self) -> &[f64] {
         &self.theta
+    }
+
+    /// The explicit, labelled fallback for an operator whose exact path is unavailable:
+    /// central finite differences in f64 only, with their own error estimate. `which` is
+    /// `Jv` (differences of the residuals) or `Hv` (differences of ∇L). Each is taken at
+    /// steps h and h/2; the reported value is the Richardson extrapolation
+    /// (4·D(h/2) − D(h))/3, and the error estimate ‖D(h/2) − D(h)‖/(3‖D(h/2)‖) is the
+    /// estimated relative error of D(h/2), the O(h²) term that extrapolation removes, so
+    /// an upper estimate for the returned value. Not valid across ReLU kinks.
+    pub fn finite_difference(
+        &self,
+        which: FdOperator,
+        v: &[f64],
+        h: f64,
+    ) -> Result<FiniteDifference, GeometryError> {
+        if std::mem::size_of::<B::FloatElem>() != 8 {
+            return Err(GeometryError::Input(
+                "finite differences are only offered in f64; run with --precision f64".into(),
+            ));
+        }
+        assert_eq!(v.len(), self.p, "parameter-space vector length");
+        let x = to_host(self.x.clone());
+        let y = to_host(self.y.clone());
+        let at = |t: f64| -> Result<Vec<f64>, GeometryError> {
+            let theta: Vec<f64> = self.theta.iter().zip(v).map(|(a, b)| a + t * b).collect();
+            let ops = ProbeOps::<B>::new(
+                self.arch.clone(),
+                &theta,
+                &x,
+                &y,
+                self.n,
+                self.chunk,
+                &self.device,
+            )?;
+            Ok(match which {
+                FdOperator::Jv => ops.residuals,
+                FdOperator::Hv => ops.grad,
+            })
+        };
+        let central = |h: f64| -> Result<Vec<f64>, GeometryError> {
+            let (plus, minus) = (at(h)?, at(-h)?);
+            Ok(plus
+                .iter()
+                .zip(&minus)
+                .map(|(a, b)| (a - b) / (2.0 * h))
+                .collect())
+        };
+        let (coarse, fine) = (central(h)?, central(h / 2.0)?);
+        let diff = norm(
+            &coarse
+                .iter()
+                .zip(&fine)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        );
+        let scale = norm(&fine).max(f64::MIN_POSITIVE);
+        Ok(FiniteDifference {
+            value: fine
+                .iter()
+                .zip(&coarse)
+                .map(|(f, c)| (4.0 * f - c) / 3.0)
+                .collect(),
+            error_estimate: diff / (3.0 * scale),
+            step: h,
+            method: format!(
+                "central finite difference of {}, steps {h:e} and {:e}, Richardson-extrapolated (fallback, f64)",
+                match which {
+                    FdOperator::Jv => "the residuals",
+                    FdOperator::Hv => "∇L",
+                },
+                h / 2.0
+            ),
+        })
     }
 
     /// e = f(x) − y, sample-major, length n·c.

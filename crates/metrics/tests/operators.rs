@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use noisegeom_metrics::ProbeOps;
+use noisegeom_metrics::{FdOperator, ProbeOps};
 
 #[test]
 fn operators_match_dense_ground_truth() {
@@ -63,5 +63,39 @@ fn operators_match_dense_ground_truth() {
             p.name
         );
         assert!((ops.loss() - truth.loss).abs() <= 1e-12 * truth.loss);
+    }
+}
+
+/// The finite-difference fallback on the smooth models (tanh, smooth, linear; not across
+/// ReLU kinks): within 1e-6 of the dense truth, and its own error estimate says so.
+#[test]
+fn finite_difference_fallback_reports_its_error() {
+    for p in zoo(7).into_iter().filter(|p| !p.name.contains("relu")) {
+        let truth = dense(&p);
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 3, &dev()).unwrap();
+        let v = test_vector(p.theta.len(), 3);
+        for (which, want) in [
+            (FdOperator::Jv, matvec(&truth.j, &v)),
+            (FdOperator::Hv, matvec(&truth.h, &v)),
+        ] {
+            // h = 1e-4: truncation O(h²) ≈ 1e-8, rounding O(ε/h) ≈ 1e-12.
+            let fd = ops.finite_difference(which, &v, 1e-4).unwrap();
+            let err = rel(&fd.value, &want);
+            assert!(err <= 1e-6, "{}: {which:?} FD error {err:e}", p.name);
+            assert!(
+                fd.error_estimate <= 1e-6,
+                "{}: {which:?} reports {:e}",
+                p.name,
+                fd.error_estimate
+            );
+            assert!(fd.method.contains("finite difference"));
+            // The estimate is an upper estimate, not a wild one.
+            assert!(
+                err <= 10.0 * fd.error_estimate + 1e-10,
+                "{}: {which:?}",
+                p.name
+            );
+        }
     }
 }

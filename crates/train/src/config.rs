@@ -87,7 +87,7 @@ impl ProbeSettings {
     pub fn due(&self, done: u64, total: u64, phase_ends: &[u64]) -> bool {
         done == 0
             || done == total
-            || (self.every > 0 && done % self.every == 0)
+            || (self.every > 0 && done.is_multiple_of(self.every))
             || (self.at_phase_ends && phase_ends.binary_search(&done).is_ok())
     }
 

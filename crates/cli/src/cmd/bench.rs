@@ -25,6 +25,22 @@ pub struct Timing {
     /// Work units per second at the median (samples/s for training).
     pub throughput: f64,
     pub unit: String,
+    /// Peak resident memory of the process during this workload (Linux: VmHWM, reset
+    /// before each workload through /proc/self/clear_refs), host memory only.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Resets the kernel's peak-RSS mark for this process (Linux ≥ 4.0; elsewhere a no-op).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident set size since the last reset, in MB (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 pub struct BenchJob {
@@ -101,6 +117,24 @@ impl Job for BenchJob {
                     WORKLOADS.join(", ")
                 );
             }
+            reset_peak_rss();
+            let mut t = self.workload::<B>(w, &device, backend)?;
+            t.peak_rss_mb = peak_rss_mb();
+            out.push(t);
+        }
+        Ok(out)
+    }
+}
+
+impl BenchJob {
+    fn workload<B: AutodiffBackend>(
+        &self,
+        w: &String,
+        device: &B::Device,
+        backend: &str,
+    ) -> anyhow::Result<Timing> {
+        let device = device.clone();
+        {
             if w == "sgemm" {
                 // [1024, 512] x [512, 1024]: the machine's matmul rate, for context.
                 let a = Tensor::<B::InnerBackend, 2>::ones([1024, 512], &device);
@@ -109,7 +143,7 @@ impl Job for BenchJob {
                     let _ = a.clone().matmul(b.clone()).narrow(0, 0, 1).into_data();
                 });
                 let median = times[times.len() / 2];
-                out.push(Timing {
+                return Ok(Timing {
                     workload: w.clone(),
                     backend: backend.to_string(),
                     warmup_s: warm,
@@ -119,12 +153,11 @@ impl Job for BenchJob {
                     repeats: times.len(),
                     throughput: 2.0 * 1024.0 * 512.0 * 1024.0 / median / 1e9,
                     unit: "GFLOP/s".into(),
+                    peak_rss_mb: None,
                 });
-                continue;
             }
             if !w.starts_with("train-") {
-                out.push(geometry::<B>(w, &device, backend, self.repeats)?);
-                continue;
+                return geometry::<B>(w, &device, backend, self.repeats);
             }
             let batch = 128;
             let (cfg, shape) = model_for(w);
@@ -157,7 +190,7 @@ impl Job for BenchJob {
                 model = Some(m);
             });
             let median = times[times.len() / 2];
-            out.push(Timing {
+            Ok(Timing {
                 workload: w.clone(),
                 backend: backend.to_string(),
                 warmup_s: warm,
@@ -167,9 +200,9 @@ impl Job for BenchJob {
                 repeats: self.repeats,
                 throughput: batch as f64 / median,
                 unit: "samples/s".into(),
-            });
+                peak_rss_mb: None,
+            })
         }
-        Ok(out)
     }
 }
 
@@ -186,8 +219,8 @@ fn loss_sync<B: AutodiffBackend>(m: &Net<B>) -> f64 {
 /// A text table with, per workload, each backend's median and its ratio to the first.
 pub fn table(all: &[Timing]) -> String {
     let mut s = format!(
-        "{:<12} {:<28} {:>10} {:>12} {:>10} {:>14}\n",
-        "workload", "backend", "warmup s", "median s", "ratio", "throughput"
+        "{:<12} {:<28} {:>10} {:>12} {:>10} {:>10} {:>14}\n",
+        "workload", "backend", "warmup s", "median s", "ratio", "peak MB", "throughput"
     );
     for t in all {
         let base = all
@@ -196,12 +229,13 @@ pub fn table(all: &[Timing]) -> String {
             .map(|b| b.median_s)
             .unwrap_or(t.median_s);
         s += &format!(
-            "{:<12} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>9.0} {}\n",
+            "{:<12} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>9.0} {}\n",
             t.workload,
             t.backend,
             t.warmup_s,
             t.median_s,
             t.median_s / base,
+            t.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}")),
             t.throughput,
             t.unit
         );
@@ -268,5 +302,6 @@ fn geometry<B: AutodiffBackend>(
         repeats,
         throughput: 1.0 / median,
         unit: "runs/s".into(),
+        peak_rss_mb: None,
     })
 }
