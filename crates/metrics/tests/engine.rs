@@ -99,16 +99,8 @@ fn exact_spectrum_matches_dense_eigendecomposition() {
             );
             // α_k against u_kᵀΣ₁u_k with the dense eigenvector (well-separated eigenvalues only:
             // a near-degenerate pair has no unique eigenvector).
-            let gap = vals
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != idx)
-                .map(|(_, v)| (v - w).abs())
-                .fold(f64::INFINITY, f64::min);
-            if gap > 1e-6 * lmax {
-                let u = &vecs[idx];
-                let su = matvec(&truth.sigma, u);
-                let alpha: f64 = u.iter().zip(&su).map(|(a, b)| a * b).sum();
+            if gap(&vals, idx) > 1e-6 * lmax {
+                let alpha = quad(&truth.sigma, &vecs[idx]);
                 let amax = spec.alpha.iter().fold(0.0f64, |m, a| m.max(a.abs()));
                 assert!(
                     (spec.alpha[idx] - alpha).abs() <= 1e-8 * amax,
@@ -162,16 +154,8 @@ fn top_spectrum_matches_dense_top_pairs() {
                 .iter()
                 .position(|v| (v - w).abs() <= 1e-9 * lmax)
                 .unwrap();
-            let gap = vals
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != j)
-                .map(|(_, v)| (v - w).abs())
-                .fold(f64::INFINITY, f64::min);
-            if gap > 1e-6 * lmax {
-                let u = &vecs[j];
-                let su = matvec(&truth.sigma, u);
-                let alpha: f64 = u.iter().zip(&su).map(|(a, b)| a * b).sum();
+            if gap(&vals, j) > 1e-6 * lmax {
+                let alpha = quad(&truth.sigma, &vecs[j]);
                 let scale = alpha.abs().max(1e-12 * lmax);
                 assert!(
                     (spec.alpha[idx] - alpha).abs() <= 1e-7 * scale.max(spec.alpha[0].abs()),
@@ -182,6 +166,20 @@ fn top_spectrum_matches_dense_top_pairs() {
             }
         }
     }
+}
+
+/// Distance from `vals[idx]` to the nearest other eigenvalue.
+fn gap(vals: &[f64], idx: usize) -> f64 {
+    vals.iter()
+        .enumerate()
+        .filter(|(j, _)| *j != idx)
+        .map(|(_, v)| (v - vals[idx]).abs())
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// uᵀAu.
+fn quad(a: &[Vec<f64>], u: &[f64]) -> f64 {
+    u.iter().zip(matvec(a, u)).map(|(x, y)| x * y).sum()
 }
 
 fn distinct(sorted_desc: &[f64], tol: f64) -> Vec<f64> {
