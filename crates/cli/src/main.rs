@@ -68,25 +68,8 @@ enum Command {
     /// Measure the noise geometry of a checkpoint (or of the initialisation) over a probe set:
     /// μ, g(θ, v), top-k eigenpairs of G and H with noise energy α_k, spectral densities.
     Measure {
-        /// A run directory: its newest checkpoint is measured.
-        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
-        run: Option<PathBuf>,
-        /// An experiment config; with --at-init, the freshly initialised model is measured.
-        #[arg(long, requires = "at_init")]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        at_init: bool,
-        /// Override config values (with --config), as for `train`.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Dataset folder, overriding the config's.
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-        /// Probe samples: a seeded (class-balanced when possible) subset of the training set.
-        #[arg(long, default_value_t = 1000)]
-        probe_size: usize,
-        #[arg(long, default_value_t = 0)]
-        probe_seed: u64,
+        #[command(flatten)]
+        source: cmd::measure::ProbeSource,
         /// What to compute.
         #[arg(
             long,
@@ -125,20 +108,8 @@ enum Command {
     /// Write θ and the probe set as safetensors (PyTorch layouts), to recompute any number
     /// elsewhere.
     Export {
-        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
-        run: Option<PathBuf>,
-        #[arg(long, requires = "at_init")]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        at_init: bool,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 1000)]
-        probe_size: usize,
-        #[arg(long, default_value_t = 0)]
-        probe_seed: u64,
+        #[command(flatten)]
+        source: cmd::measure::ProbeSource,
         /// Output file.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -321,13 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             },
         ),
         Command::Measure {
-            run,
-            config,
-            at_init: _,
-            overrides,
-            data,
-            probe_size,
-            probe_seed,
+            source,
             what,
             k,
             lanczos_iters,
@@ -340,12 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             compute,
         } => {
             let job = cmd::measure::MeasureJob {
-                run,
-                config,
-                overrides,
-                data,
-                probe_size,
-                probe_seed,
+                source,
                 what,
                 k,
                 iters: lanczos_iters,
@@ -362,25 +322,8 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             };
             dispatch(compute.backend, compute.precision, job)
         }
-        Command::Export {
-            run,
-            config,
-            at_init: _,
-            overrides,
-            data,
-            probe_size,
-            probe_seed,
-            out,
-        } => {
-            let job = cmd::measure::ExportJob {
-                run,
-                config,
-                overrides,
-                data,
-                probe_size,
-                probe_seed,
-                out,
-            };
+        Command::Export { source, out } => {
+            let job = cmd::measure::ExportJob { source, out };
             // Export only reads values; f64 keeps θ exactly as checkpointed.
             dispatch(BackendKind::Ndarray, Precision::F64, job)
         }

@@ -66,6 +66,23 @@ struct Tridiagonal {
     invariant: bool,
 }
 
+impl Tridiagonal {
+    /// Eigenvalues (descending) and eigenvectors of the tridiagonal matrix T.
+    fn eig(&self) -> (Vec<f64>, Vec<Vec<f64>>) {
+        sym_eig(self.alpha.len(), |i, j| {
+            if i == j {
+                self.alpha[i]
+            } else if i + 1 == j {
+                self.beta[i]
+            } else if j + 1 == i {
+                self.beta[j]
+            } else {
+                0.0
+            }
+        })
+    }
+}
+
 fn tridiagonalise(
     dim: usize,
     a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
@@ -123,17 +140,7 @@ fn run(
 ) -> LanczosResult {
     let t = tridiagonalise(dim, a, start, iters);
     let m = t.alpha.len();
-    let (vals, vecs) = sym_eig(m, |i, j| {
-        if i == j {
-            t.alpha[i]
-        } else if i + 1 == j {
-            t.beta[i]
-        } else if j + 1 == i {
-            t.beta[j]
-        } else {
-            0.0
-        }
-    });
+    let (vals, vecs) = t.eig();
     let b_last = if t.invariant { 0.0 } else { t.beta[m - 1] };
     let vmax = vals.iter().fold(0.0f64, |x, v| x.max(v.abs()));
     let mut extra = 0;
@@ -207,17 +214,7 @@ pub fn slq(
         let t = tridiagonalise(dim, a, start, iters);
         let m = t.alpha.len();
         iterations = iterations.max(m);
-        let (vals, vecs) = sym_eig(m, |i, j| {
-            if i == j {
-                t.alpha[i]
-            } else if i + 1 == j {
-                t.beta[i]
-            } else if j + 1 == i {
-                t.beta[j]
-            } else {
-                0.0
-            }
-        });
+        let (vals, vecs) = t.eig();
         nodes.push(
             vals.iter()
                 .zip(&vecs)

@@ -30,6 +30,8 @@ pub struct ProbeRecord {
 pub struct Probe {
     settings: ProbeSettings,
     set: Dataset,
+    /// The probe set's one-hot targets, for the accuracy (classification only).
+    onehot: Option<Vec<f32>>,
     /// Indices of the probe set in the training set, and whether it is class-balanced.
     pub indices: Vec<usize>,
     pub balanced: bool,
@@ -52,6 +54,7 @@ impl Probe {
             train.probe_subset(settings.size, seed ^ settings.seed.rotate_left(17) ^ 0x9e0b)?;
         Ok(Probe {
             settings: settings.clone(),
+            onehot: set.class_counts().map(|_| set.target_matrix()),
             set,
             indices,
             balanced,
@@ -91,9 +94,9 @@ impl Probe {
             s.chunk,
         )?;
         let accuracy = self
-            .set
-            .class_counts()
-            .map(|_| accuracy(ops.residuals(), &self.set.target_matrix(), ops.c));
+            .onehot
+            .as_ref()
+            .map(|y| accuracy(ops.residuals(), y, ops.c));
         self.seconds += t0.elapsed().as_secs_f64();
         Ok(ProbeRecord {
             step,

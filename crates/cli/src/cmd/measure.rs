@@ -39,7 +39,7 @@ pub struct Source {
 }
 
 /// Resolves `--run DIR` (newest checkpoint) or `--config FILE --at-init`.
-pub fn resolve<B: AutodiffBackend>(
+fn resolve<B: AutodiffBackend>(
     run: Option<&Path>,
     config: Option<&Path>,
     overrides: &[String],
@@ -100,13 +100,52 @@ pub fn resolve<B: AutodiffBackend>(
     ))
 }
 
-pub struct MeasureJob {
+/// Where θ and the probe set come from, shared by `measure` and `export`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProbeSource {
+    /// A run directory: its newest checkpoint is measured.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
     pub run: Option<PathBuf>,
+    /// An experiment config; with --at-init, the freshly initialised model is measured.
+    #[arg(long, requires = "at_init")]
     pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub at_init: bool,
+    /// Override config values (with --config), as for `train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Dataset folder, overriding the config's.
+    #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Probe samples: a seeded (class-balanced when possible) subset of the training set.
+    #[arg(long, default_value_t = 1000)]
     pub probe_size: usize,
+    #[arg(long, default_value_t = 0)]
     pub probe_seed: u64,
+}
+
+impl ProbeSource {
+    /// θ and the probe set: the set, its indices in the training set, whether it is balanced.
+    fn load<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+    ) -> anyhow::Result<(Source, Dataset, Vec<usize>, bool)> {
+        let (src, prepared) = resolve::<B>(
+            self.run.as_deref(),
+            self.config.as_deref(),
+            &self.overrides,
+            self.data.as_deref(),
+            device,
+        )?;
+        let (probe, indices, balanced) = prepared
+            .train
+            .probe_subset(self.probe_size, self.probe_seed)?;
+        Ok((src, probe, indices, balanced))
+    }
+}
+
+pub struct MeasureJob {
+    pub source: ProbeSource,
     pub what: Vec<What>,
     pub k: usize,
     pub iters: Option<usize>,
@@ -122,16 +161,7 @@ impl Job for MeasureJob {
     type Output = String;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
-        let (src, prepared) = resolve::<B>(
-            self.run.as_deref(),
-            self.config.as_deref(),
-            &self.overrides,
-            self.data.as_deref(),
-            &device,
-        )?;
-        let (probe, indices, balanced) = prepared
-            .train
-            .probe_subset(self.probe_size, self.probe_seed)?;
+        let (src, probe, indices, balanced) = self.source.load::<B>(&device)?;
         let ops = ProbeOps::<B::InnerBackend>::from_dataset(
             src.arch.clone(),
             &src.theta,
@@ -150,7 +180,7 @@ impl Job for MeasureJob {
             hutchinson_samples: self.hutchinson_samples,
             gram_max_bytes: (self.max_gram_gb * 1e9) as usize,
             chunk: self.chunk,
-            seed: self.probe_seed,
+            seed: self.source.probe_seed,
             hessian: !self.no_hessian,
             ..MeasureOptions::default()
         };
@@ -170,7 +200,7 @@ impl Job for MeasureJob {
             "at": src.at,
             "run_dir": src.run_dir,
             "dataset": probe.provenance,
-            "probe": {"size": probe.len(), "seed": self.probe_seed, "class_balanced": balanced, "indices": indices},
+            "probe": {"size": probe.len(), "seed": self.source.probe_seed, "class_balanced": balanced, "indices": indices},
             "model": src.config.model,
             "loss_convention": "L = 1/(2n) sum_i ||f(x_i) - y_i||^2, summed over outputs; targets one-hot for classes",
             "options": opt,
@@ -283,12 +313,7 @@ pub fn summary(m: &Measurement, at: &str, probe: &Dataset, balanced: bool) -> St
 }
 
 pub struct ExportJob {
-    pub run: Option<PathBuf>,
-    pub config: Option<PathBuf>,
-    pub overrides: Vec<String>,
-    pub data: Option<PathBuf>,
-    pub probe_size: usize,
-    pub probe_seed: u64,
+    pub source: ProbeSource,
     pub out: PathBuf,
 }
 
@@ -296,16 +321,7 @@ impl Job for ExportJob {
     type Output = String;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> anyhow::Result<String> {
-        let (src, prepared) = resolve::<B>(
-            self.run.as_deref(),
-            self.config.as_deref(),
-            &self.overrides,
-            self.data.as_deref(),
-            &device,
-        )?;
-        let (probe, indices, _) = prepared
-            .train
-            .probe_subset(self.probe_size, self.probe_seed)?;
+        let (src, probe, indices, _) = self.source.load::<B>(&device)?;
         let bytes = export_safetensors(&src, &probe, &indices)?;
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
