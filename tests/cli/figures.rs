@@ -68,10 +68,18 @@ fn quick(name: &str) -> (tempfile::TempDir, Value) {
             .unwrap();
     assert_eq!(doc["figure"], name);
     assert_eq!(doc["quick"], true);
+    let env: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("{name}.env.json"))).unwrap(),
+    )
+    .unwrap();
     assert!(
-        doc["env"]["git_revision"].is_string(),
+        env["env"]["git_revision"].is_string(),
         "provenance: {}",
-        doc["env"]
+        env["env"]
+    );
+    assert!(
+        env["jobs"].as_array().is_some_and(|j| !j.is_empty()),
+        "{env}"
     );
     assert!(doc["config"]["seed"].is_u64(), "seed recorded");
     assert_well_formed(&doc["results"], "results");

@@ -10,6 +10,8 @@ mod figures;
 mod geometry;
 /// Determinism, interruption and resume.
 mod reproducibility;
+/// `sweep plan|run|merge` in separate processes, and the Slurm templates run through bash.
+mod sweep;
 /// The wgpu backend against the CPU on tiny shapes (needs a Vulkan driver; lavapipe will do).
 mod wgpu;
 

@@ -114,29 +114,28 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Regenerate a figure of the paper: a results file (JSON) and a PNG + SVG.
+    /// Regenerate a figure of the paper: a results file (JSON) and a PNG + SVG. Runs the
+    /// figure's jobs here (reusing finished ones from an earlier run), then merges them.
     Figure {
         /// Which figure.
         #[arg(value_enum)]
         figure: cmd::figure::FigureName,
-        /// The small variant from the config's [quick] table (a smoke test).
-        #[arg(long)]
-        quick: bool,
-        /// Independent runs per point (overrides the config).
-        #[arg(long)]
-        runs: Option<usize>,
         /// Figure config (default: configs/figures/<figure>.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Output folder (default: results/figures/<figure>[-quick]).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Where to run.
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: BackendKind,
-        /// Precision (f64 on the CPU by default: the synthetic figures are small).
-        #[arg(long, value_enum, default_value = "f64")]
-        precision: Precision,
+        #[command(flatten)]
+        target: cmd::figure::Target,
+        /// Recompute every job, even those an earlier run finished.
+        #[arg(long)]
+        fresh: bool,
+        #[command(flatten)]
+        compute: FigureCompute,
+    },
+    /// Split a figure into independent jobs for a cluster: plan them, run one shard of them
+    /// (e.g. one Slurm array task), merge the results. See scripts/slurm/README.md.
+    Sweep {
+        #[command(subcommand)]
+        step: SweepStep,
     },
     /// Draw training curves of one or more run directories, overlaid: loss, accuracy, LR,
     /// μ, λ_max(G), λ_max(H) and Tr G against the step (PNG + SVG), plus CSV of each run.
@@ -171,6 +170,48 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+}
+
+/// Where the figures run: f64 on the CPU by default, since the synthetic figures are small.
+#[derive(clap::Args, Debug, Clone)]
+struct FigureCompute {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// Precision.
+    #[arg(long, value_enum, default_value = "f64")]
+    precision: Precision,
+}
+
+#[derive(Subcommand, Debug)]
+enum SweepStep {
+    /// List the figure's jobs, each with a stable id, its shard and whether it is done.
+    Plan {
+        /// A figure config with a `figure` key, e.g. configs/figures/fig1.toml.
+        config: PathBuf,
+        #[command(flatten)]
+        target: cmd::figure::Target,
+        /// Show the shard of each job for this many shards.
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+    },
+    /// Run the jobs of one shard (jobs whose index is I mod N), skipping finished ones.
+    Run {
+        config: PathBuf,
+        /// I/N, 0 ≤ I < N: e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
+        #[arg(long, value_name = "I/N")]
+        shard: noisegeom_figures::sweep::Shard,
+        #[command(flatten)]
+        target: cmd::figure::Target,
+        #[command(flatten)]
+        compute: FigureCompute,
+    },
+    /// Merge the finished jobs into the figure's results file and plots.
+    Merge {
+        config: PathBuf,
+        #[command(flatten)]
+        target: cmd::figure::Target,
     },
 }
 
@@ -274,23 +315,45 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Plot { runs, out } => cmd::plot::plot(&runs, out),
         Command::Figure {
             figure,
-            quick,
-            runs,
             config,
-            out,
-            backend,
-            precision,
+            target,
+            fresh,
+            compute,
         } => dispatch(
-            backend,
-            precision,
-            cmd::figure::FigureJob {
-                figure,
-                config,
-                quick,
-                runs,
-                out,
-            },
+            compute.backend,
+            compute.precision,
+            cmd::figure::FigureJob::figure(figure, config, target, fresh)?,
         ),
+        Command::Sweep { step } => {
+            use cmd::figure::{Action, FigureJob};
+            // Planning and merging compute nothing; they run on the default CPU backend.
+            let (job, compute) = match step {
+                SweepStep::Plan {
+                    config,
+                    target,
+                    shards,
+                } => (
+                    FigureJob::sweep(config, target, Action::Plan { shards })?,
+                    None,
+                ),
+                SweepStep::Run {
+                    config,
+                    shard,
+                    target,
+                    compute,
+                } => (
+                    FigureJob::sweep(config, target, Action::Run(shard))?,
+                    Some(compute),
+                ),
+                SweepStep::Merge { config, target } => {
+                    (FigureJob::sweep(config, target, Action::Merge)?, None)
+                }
+            };
+            let (backend, precision) = compute.map_or((BackendKind::Cpu, Precision::F64), |c| {
+                (c.backend, c.precision)
+            });
+            dispatch(backend, precision, job)
+        }
         Command::Measure {
             source,
             what,

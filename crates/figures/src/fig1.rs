@@ -5,8 +5,6 @@
 //! exact (through the n×n Gram) at a fresh random θ for each run; each point is the mean ±
 //! standard deviation over `runs` independent draws of data and θ.
 
-use std::time::Instant;
-
 use burn::tensor::backend::Backend;
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, EffDim, gaussian};
@@ -15,9 +13,11 @@ use noisegeom_metrics::alignment::exact_alignment;
 use noisegeom_metrics::gram::gram;
 use noisegeom_models::{Activation, InitScheme, ModelConfig, Net, RandomInit, flatten};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::plot::{Panel, Series, save};
-use crate::{FigureError, Output, mean_std};
+use crate::sweep::{Figure, JobSpec};
+use crate::{FigureError, Output, mean_std, to_value};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,7 @@ pub struct Fig1Config {
 }
 
 /// One plotted point.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Point {
     pub width: Option<usize>,
     pub params: usize,
@@ -137,77 +137,119 @@ fn act_name(a: Activation) -> &'static str {
     }
 }
 
-/// Runs the figure: computes, writes `fig1.json`, `fig1.png`, `fig1.svg`.
-pub fn run<B: Backend>(
-    cfg: &Fig1Config,
-    quick: bool,
-    out: &Output,
-    device: &B::Device,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(Fig1Results, String), FigureError> {
-    let t0 = Instant::now();
-    let n = if cfg.n == 0 {
+fn samples(cfg: &Fig1Config) -> usize {
+    if cfg.n == 0 {
         (5.0 * cfg.d_eff.ln()).round() as usize
     } else {
         cfg.n
-    };
-    let mut settings = Vec::new();
-    for setting in &cfg.settings {
-        let cov = match setting.as_str() {
-            "isotropic" => Covariance::Isotropic {
-                dim: cfg.d_eff.round() as usize,
-            },
-            "anisotropic" => Covariance::PowerLaw {
-                exponent: 0.5,
-                d_eff: cfg.d_eff,
-                eff_dim: cfg.eff_dim,
-            },
-            other => {
-                return Err(FigureError::Config {
-                    path: "settings".into(),
-                    message: format!("unknown setting `{other}`; use isotropic or anisotropic"),
+    }
+}
+
+fn covariance(cfg: &Fig1Config, setting: &str) -> Result<Covariance, FigureError> {
+    match setting {
+        "isotropic" => Ok(Covariance::Isotropic {
+            dim: cfg.d_eff.round() as usize,
+        }),
+        "anisotropic" => Ok(Covariance::PowerLaw {
+            exponent: 0.5,
+            d_eff: cfg.d_eff,
+            eff_dim: cfg.eff_dim,
+        }),
+        other => Err(FigureError::Config {
+            path: "settings".into(),
+            message: format!("unknown setting `{other}`; use isotropic or anisotropic"),
+        }),
+    }
+}
+
+/// One job: one point (a data setting and a model), over every run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fig1Part {
+    pub setting: String,
+    pub model: String,
+    pub point: Point,
+}
+
+/// Figure 1 as jobs: one per (data setting, model size).
+pub struct Fig1;
+
+impl Figure for Fig1 {
+    const NAME: &'static str = "fig1";
+    type Config = Fig1Config;
+    type Part = Fig1Part;
+
+    fn set_runs(cfg: &mut Fig1Config, runs: usize) -> Result<(), FigureError> {
+        cfg.runs = runs;
+        Ok(())
+    }
+
+    fn plan(cfg: &Fig1Config) -> Result<Vec<JobSpec>, FigureError> {
+        let models = models(cfg);
+        let mut jobs = Vec::new();
+        for setting in &cfg.settings {
+            covariance(cfg, setting)?;
+            for (mi, (name, width, _)) in models.iter().enumerate() {
+                jobs.push(JobSpec {
+                    id: format!("{setting}-m{mi:03}"),
+                    label: match width {
+                        Some(m) => format!("{setting}: {name}, width {m}"),
+                        None => format!("{setting}: {name}"),
+                    },
                 });
             }
-        };
+        }
+        Ok(jobs)
+    }
+
+    fn run_job<B: Backend>(
+        cfg: &Fig1Config,
+        index: usize,
+        device: &B::Device,
+    ) -> Result<Fig1Part, FigureError> {
+        let models = models(cfg);
+        let (setting, mi) = (&cfg.settings[index / models.len()], index % models.len());
+        let (name, width, model) = &models[mi];
+        let n = samples(cfg);
+        let cov = covariance(cfg, setting)?;
         let dim = cov.spectrum().len();
-        let mut curves: Vec<Curve> = Vec::new();
-        for (mi, (name, width, model)) in models(cfg).into_iter().enumerate() {
-            progress(&format!("{setting}: {name} width {width:?}"));
-            let arch0 = model.arch(&[dim], 1, cfg.seed)?;
-            let (mut mu, mut mu_unc, mut undefined_runs) = (Vec::new(), Vec::new(), 0);
-            for r in 0..cfg.runs {
-                let run_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
-                let task = gaussian(n, &cov, run_seed)?;
-                let ds = &task.dataset;
-                let arch = model.arch(&[dim], 1, run_seed ^ 0xa5a5)?;
-                let net = Net::<B>::build(
-                    arch.clone(),
-                    &mut RandomInit::new(
-                        device,
-                        model.init(),
-                        run_seed.wrapping_add(7919 * mi as u64),
-                    ),
-                )?;
-                let theta = flatten(&net);
-                drop(net);
-                let x: Vec<f64> = ds.inputs.iter().map(|v| *v as f64).collect();
-                let Targets::Regression { values, .. } = &ds.targets else {
-                    unreachable!("gaussian targets are regression targets")
-                };
-                let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
-                let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n, device)?;
-                let la = exact_alignment(&gram(&ops, n, 8 << 30)?, ops.residuals());
-                match (la.mu.value(), la.mu_unc.value()) {
-                    (Some(a), Some(b)) => {
-                        mu.push(a);
-                        mu_unc.push(b);
-                    }
-                    _ => undefined_runs += 1,
+        let arch0 = model.arch(&[dim], 1, cfg.seed)?;
+        let (mut mu, mut mu_unc, mut undefined_runs) = (Vec::new(), Vec::new(), 0);
+        for r in 0..cfg.runs {
+            let run_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
+            let task = gaussian(n, &cov, run_seed)?;
+            let ds = &task.dataset;
+            let arch = model.arch(&[dim], 1, run_seed ^ 0xa5a5)?;
+            let net = Net::<B>::build(
+                arch.clone(),
+                &mut RandomInit::new(
+                    device,
+                    model.init(),
+                    run_seed.wrapping_add(7919 * mi as u64),
+                ),
+            )?;
+            let theta = flatten(&net);
+            drop(net);
+            let x: Vec<f64> = ds.inputs.iter().map(|v| *v as f64).collect();
+            let Targets::Regression { values, .. } = &ds.targets else {
+                unreachable!("gaussian targets are regression targets")
+            };
+            let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
+            let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n, device)?;
+            let la = exact_alignment(&gram(&ops, n, 8 << 30)?, ops.residuals());
+            match (la.mu.value(), la.mu_unc.value()) {
+                (Some(a), Some(b)) => {
+                    mu.push(a);
+                    mu_unc.push(b);
                 }
+                _ => undefined_runs += 1,
             }
-            let ((a, b), (c, d)) = (mean_std(&mu), mean_std(&mu_unc));
-            let point = Point {
-                width,
+        }
+        let ((a, b), (c, d)) = (mean_std(&mu), mean_std(&mu_unc));
+        Ok(Fig1Part {
+            setting: setting.clone(),
+            model: name.clone(),
+            point: Point {
+                width: *width,
                 params: arch0.num_params(),
                 mu_mean: a,
                 mu_std: b,
@@ -216,90 +258,104 @@ pub fn run<B: Backend>(
                 mu,
                 mu_unc,
                 undefined_runs,
-            };
-            match curves.iter_mut().find(|c| c.model == name) {
-                Some(c) => c.points.push(point),
-                None => curves.push(Curve {
-                    model: name,
-                    points: vec![point],
+            },
+        })
+    }
+
+    fn merge(
+        cfg: &Fig1Config,
+        parts: Vec<Fig1Part>,
+        out: &Output,
+    ) -> Result<(Value, String), FigureError> {
+        let n = samples(cfg);
+        let mut settings: Vec<Setting> = Vec::new();
+        for setting in &cfg.settings {
+            settings.push(Setting {
+                setting: setting.clone(),
+                dim: covariance(cfg, setting)?.spectrum().len(),
+                d_eff: cfg.d_eff,
+                n,
+                curves: Vec::new(),
+            });
+        }
+        for part in parts {
+            let s = settings
+                .iter_mut()
+                .find(|s| s.setting == part.setting)
+                .expect("a planned setting");
+            match s.curves.iter_mut().find(|c| c.model == part.model) {
+                Some(c) => c.points.push(part.point),
+                None => s.curves.push(Curve {
+                    model: part.model,
+                    points: vec![part.point],
                 }),
             }
         }
-        settings.push(Setting {
-            setting: setting.clone(),
-            dim,
-            d_eff: cfg.d_eff,
-            n,
-            curves,
-        });
-    }
-    let all: Vec<f64> = settings
-        .iter()
-        .flat_map(|s| {
-            s.curves
-                .iter()
-                .flat_map(|c| c.points.iter().map(|p| p.mu_mean))
-        })
-        .collect();
-    let results = Fig1Results {
-        mu_range: all
+        let all: Vec<f64> = settings
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
-                (l.min(*v), h.max(*v))
-            }),
-        settings,
-    };
-    let panels: Vec<Panel> = results
-        .settings
-        .iter()
-        .map(|s| Panel {
-            title: format!(
-                "{} data (D = {}, n = {}); mean ± sd over {} runs",
-                s.setting, s.dim, s.n, cfg.runs
-            ),
-            x_label: "number of parameters p".into(),
-            y_label: "loss alignment μ(θ)".into(),
-            x_log: true,
-            y_log: false,
-            series: s
-                .curves
+            .flat_map(|s| {
+                s.curves
+                    .iter()
+                    .flat_map(|c| c.points.iter().map(|p| p.mu_mean))
+            })
+            .collect();
+        let results = Fig1Results {
+            mu_range: all
                 .iter()
-                .map(|c| {
-                    Series::with_errors(
-                        c.model.clone(),
-                        c.points
-                            .iter()
-                            .map(|p| (p.params as f64, p.mu_mean, p.mu_std))
-                            .collect(),
-                    )
-                })
-                .collect(),
-            hlines: vec![(1.0, "μ = 1".into())],
-            y_range: None,
-        })
-        .collect();
-    save(&out.stem(), &panels, panels.len(), (720, 520))?;
-    let path = out.write(cfg, quick, t0.elapsed().as_secs_f64(), &results)?;
-    let mut text = format!(
-        "Figure 1: μ(θ) at random θ, n = {n}, {} runs per point\n",
-        cfg.runs
-    );
-    for s in &results.settings {
-        text += &format!("  {} (D = {}):\n", s.setting, s.dim);
-        for c in &s.curves {
-            let vals: Vec<String> = c
-                .points
-                .iter()
-                .map(|p| format!("p={} μ={:.3}±{:.3}", p.params, p.mu_mean, p.mu_std))
-                .collect();
-            text += &format!("    {:<28} {}\n", c.model, vals.join("  "));
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+                    (l.min(*v), h.max(*v))
+                }),
+            settings,
+        };
+        let panels: Vec<Panel> = results
+            .settings
+            .iter()
+            .map(|s| Panel {
+                title: format!(
+                    "{} data (D = {}, n = {}); mean ± sd over {} runs",
+                    s.setting, s.dim, s.n, cfg.runs
+                ),
+                x_label: "number of parameters p".into(),
+                y_label: "loss alignment μ(θ)".into(),
+                x_log: true,
+                y_log: false,
+                series: s
+                    .curves
+                    .iter()
+                    .map(|c| {
+                        Series::with_errors(
+                            c.model.clone(),
+                            c.points
+                                .iter()
+                                .map(|p| (p.params as f64, p.mu_mean, p.mu_std))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+                hlines: vec![(1.0, "μ = 1".into())],
+                y_range: None,
+            })
+            .collect();
+        save(&out.stem(), &panels, panels.len(), (720, 520))?;
+        let mut text = format!(
+            "Figure 1: μ(θ) at random θ, n = {n}, {} runs per point\n",
+            cfg.runs
+        );
+        for s in &results.settings {
+            text += &format!("  {} (D = {}):\n", s.setting, s.dim);
+            for c in &s.curves {
+                let vals: Vec<String> = c
+                    .points
+                    .iter()
+                    .map(|p| format!("p={} μ={:.3}±{:.3}", p.params, p.mu_mean, p.mu_std))
+                    .collect();
+                text += &format!("    {:<28} {}\n", c.model, vals.join("  "));
+            }
         }
+        text += &format!(
+            "  mean μ ranges over [{:.3}, {:.3}]",
+            results.mu_range.0, results.mu_range.1,
+        );
+        Ok((to_value(&results), text))
     }
-    text += &format!(
-        "  mean μ ranges over [{:.3}, {:.3}]\n  results: {}",
-        results.mu_range.0,
-        results.mu_range.1,
-        path.display()
-    );
-    Ok((results, text))
 }

@@ -4,8 +4,6 @@
 //! The spectrum comes exactly from the n×n Gram matrix (eig(K/n)), and α_k from the Gram
 //! eigenvectors without forming any p-vector (SPEC §3).
 
-use std::time::Instant;
-
 use burn::tensor::backend::Backend;
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, gaussian};
@@ -15,9 +13,11 @@ use noisegeom_metrics::gram::gram;
 use noisegeom_metrics::report::{Cutoffs, eps_of};
 use noisegeom_models::{InitScheme, ModelConfig, Net, RandomInit, flatten};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::plot::{Panel, Series, save};
-use crate::{FigureError, Output};
+use crate::sweep::{Figure, JobSpec};
+use crate::{FigureError, Output, to_value};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +32,7 @@ pub struct Fig2aConfig {
     pub anisotropic_exponent: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spectrum {
     pub setting: String,
     pub n: usize,
@@ -78,17 +78,9 @@ fn slope(x: &[f64], y: &[f64]) -> f64 {
     sxy / sxx
 }
 
-pub fn run<B: Backend>(
-    cfg: &Fig2aConfig,
-    quick: bool,
-    out: &Output,
-    device: &B::Device,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<Spectrum>, String), FigureError> {
-    let t0 = Instant::now();
+fn sample_sizes(cfg: &Fig2aConfig) -> Vec<usize> {
     let d = cfg.dim;
-    let ns: Vec<usize> = cfg
-        .ns
+    cfg.ns
         .iter()
         .enumerate()
         .map(|(i, &n)| match (n, i) {
@@ -96,133 +88,169 @@ pub fn run<B: Backend>(
             (0, _) => (8.0 * (d as f64).ln()).round() as usize,
             (n, _) => n,
         })
-        .collect();
-    let cut = Cutoffs::new(eps_of(std::mem::size_of::<B::FloatElem>()));
-    let mut spectra = Vec::new();
-    for setting in &cfg.settings {
-        let cov = match setting.as_str() {
-            "isotropic" => Covariance::Isotropic { dim: d },
-            "anisotropic" => Covariance::PowerLawDim {
-                exponent: cfg.anisotropic_exponent,
-                dim: d,
-            },
-            other => {
-                return Err(FigureError::Config {
-                    path: "settings".into(),
-                    message: format!("unknown setting `{other}`; use isotropic or anisotropic"),
+        .collect()
+}
+
+fn covariance(cfg: &Fig2aConfig, setting: &str) -> Result<Covariance, FigureError> {
+    match setting {
+        "isotropic" => Ok(Covariance::Isotropic { dim: cfg.dim }),
+        "anisotropic" => Ok(Covariance::PowerLawDim {
+            exponent: cfg.anisotropic_exponent,
+            dim: cfg.dim,
+        }),
+        other => Err(FigureError::Config {
+            path: "settings".into(),
+            message: format!("unknown setting `{other}`; use isotropic or anisotropic"),
+        }),
+    }
+}
+
+/// Figure 2a as jobs: one per (data setting, sample size).
+pub struct Fig2a;
+
+impl Figure for Fig2a {
+    const NAME: &'static str = "fig2a";
+    type Config = Fig2aConfig;
+    type Part = Spectrum;
+
+    fn plan(cfg: &Fig2aConfig) -> Result<Vec<JobSpec>, FigureError> {
+        let mut jobs = Vec::new();
+        for setting in &cfg.settings {
+            covariance(cfg, setting)?;
+            for n in sample_sizes(cfg) {
+                jobs.push(JobSpec {
+                    id: format!("{setting}-n{n}"),
+                    label: format!("{setting}, d = {}, n = {n}", cfg.dim),
                 });
             }
+        }
+        Ok(jobs)
+    }
+
+    fn run_job<B: Backend>(
+        cfg: &Fig2aConfig,
+        index: usize,
+        device: &B::Device,
+    ) -> Result<Spectrum, FigureError> {
+        let ns = sample_sizes(cfg);
+        let (setting, n) = (&cfg.settings[index / ns.len()], ns[index % ns.len()]);
+        let d = cfg.dim;
+        let cov = covariance(cfg, setting)?;
+        let cut = Cutoffs::new(eps_of(std::mem::size_of::<B::FloatElem>()));
+        let task = gaussian(n, &cov, cfg.seed.wrapping_add(n as u64))?;
+        let model = ModelConfig::Linear {
+            bias: false,
+            init: InitScheme::Lecun,
         };
-        for &n in &ns {
-            progress(&format!("{setting}, d = {d}, n = {n}"));
-            let task = gaussian(n, &cov, cfg.seed.wrapping_add(n as u64))?;
-            let model = ModelConfig::Linear {
-                bias: false,
-                init: InitScheme::Lecun,
-            };
-            let arch = model.arch(&[d], 1, cfg.seed)?;
-            let net = Net::<B>::build(
-                arch.clone(),
-                &mut RandomInit::new(device, model.init(), cfg.seed + 1),
-            )?;
-            let theta = flatten(&net);
-            let x: Vec<f64> = task.dataset.inputs.iter().map(|v| *v as f64).collect();
-            let Targets::Regression { values, .. } = &task.dataset.targets else {
-                unreachable!("regression targets")
-            };
-            let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
-            let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n.min(512), device)?;
-            let s = exact_spectrum(&gram(&ops, n.min(512), 8 << 30)?, ops.residuals(), &cut);
-            let two_l = 2.0 * ops.loss();
-            let ratio: Vec<f64> = s.alpha.iter().zip(&s.lambda).map(|(a, l)| a / l).collect();
-            let g: Vec<f64> = s.g.iter().filter_map(|r| r.value()).collect();
-            let mut sorted = g.clone();
-            sorted.sort_by(f64::total_cmp);
-            spectra.push(Spectrum {
-                setting: setting.clone(),
-                n,
-                two_l,
-                loglog_slope: slope(&s.lambda, &s.alpha),
-                g_median: quantile(&sorted, 0.5),
-                g_p10: quantile(&sorted, 0.1),
-                g_p90: quantile(&sorted, 0.9),
-                g_min: sorted.first().copied().unwrap_or(0.0),
-                g_max: sorted.last().copied().unwrap_or(0.0),
-                lambda: s.lambda,
-                alpha: s.alpha,
-                ratio,
-                g,
-                nonzero_cutoff: s.nonzero_cutoff,
-                dropped: s.dropped,
+        let arch = model.arch(&[d], 1, cfg.seed)?;
+        let net = Net::<B>::build(
+            arch.clone(),
+            &mut RandomInit::new(device, model.init(), cfg.seed + 1),
+        )?;
+        let theta = flatten(&net);
+        let x: Vec<f64> = task.dataset.inputs.iter().map(|v| *v as f64).collect();
+        let Targets::Regression { values, .. } = &task.dataset.targets else {
+            unreachable!("regression targets")
+        };
+        let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
+        let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n.min(512), device)?;
+        let s = exact_spectrum(&gram(&ops, n.min(512), 8 << 30)?, ops.residuals(), &cut);
+        let two_l = 2.0 * ops.loss();
+        let ratio: Vec<f64> = s.alpha.iter().zip(&s.lambda).map(|(a, l)| a / l).collect();
+        let g: Vec<f64> = s.g.iter().filter_map(|r| r.value()).collect();
+        let mut sorted = g.clone();
+        sorted.sort_by(f64::total_cmp);
+        Ok(Spectrum {
+            setting: setting.clone(),
+            n,
+            two_l,
+            loglog_slope: slope(&s.lambda, &s.alpha),
+            g_median: quantile(&sorted, 0.5),
+            g_p10: quantile(&sorted, 0.1),
+            g_p90: quantile(&sorted, 0.9),
+            g_min: sorted.first().copied().unwrap_or(0.0),
+            g_max: sorted.last().copied().unwrap_or(0.0),
+            lambda: s.lambda,
+            alpha: s.alpha,
+            ratio,
+            g,
+            nonzero_cutoff: s.nonzero_cutoff,
+            dropped: s.dropped,
+        })
+    }
+
+    fn merge(
+        cfg: &Fig2aConfig,
+        spectra: Vec<Spectrum>,
+        out: &Output,
+    ) -> Result<(Value, String), FigureError> {
+        let d = cfg.dim;
+        let mut panels = Vec::new();
+        for setting in &cfg.settings {
+            let mine: Vec<&Spectrum> = spectra.iter().filter(|s| &s.setting == setting).collect();
+            let mut series = Vec::new();
+            for s in &mine {
+                let k = |v: &[f64]| {
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, x)| ((i + 1) as f64, *x))
+                        .collect()
+                };
+                series.push(Series::line(format!("λ_k, n = {}", s.n), k(&s.lambda)));
+                series.push(Series::line(format!("α_k, n = {}", s.n), k(&s.alpha)));
+            }
+            panels.push(Panel {
+                title: format!("{setting} data, d = {d}: curvature and noise energy"),
+                x_label: "k".into(),
+                y_label: "λ_k, α_k".into(),
+                x_log: true,
+                y_log: true,
+                series,
+                ..Panel::default()
             });
         }
-    }
-    let mut panels = Vec::new();
-    for setting in &cfg.settings {
-        let mine: Vec<&Spectrum> = spectra.iter().filter(|s| &s.setting == setting).collect();
-        let mut series = Vec::new();
-        for s in &mine {
-            let k = |v: &[f64]| {
-                v.iter()
-                    .enumerate()
-                    .map(|(i, x)| ((i + 1) as f64, *x))
-                    .collect()
-            };
-            series.push(Series::line(format!("λ_k, n = {}", s.n), k(&s.lambda)));
-            series.push(Series::line(format!("α_k, n = {}", s.n), k(&s.alpha)));
+        for setting in &cfg.settings {
+            let series = spectra
+                .iter()
+                .filter(|s| &s.setting == setting)
+                .map(|s| {
+                    Series::scatter(
+                        format!("n = {} (2L = {:.3})", s.n, s.two_l),
+                        s.ratio
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| ((i + 1) as f64, *r))
+                            .collect(),
+                    )
+                })
+                .collect();
+            panels.push(Panel {
+                title: format!("{setting}: α_k / λ_k (≈ 2L means g_k ≈ 1)"),
+                x_label: "k".into(),
+                y_label: "α_k / λ_k".into(),
+                x_log: true,
+                y_log: true,
+                series,
+                ..Panel::default()
+            });
         }
-        panels.push(Panel {
-            title: format!("{setting} data, d = {d}: curvature and noise energy"),
-            x_label: "k".into(),
-            y_label: "λ_k, α_k".into(),
-            x_log: true,
-            y_log: true,
-            series,
-            ..Panel::default()
-        });
+        save(&out.stem(), &panels, cfg.settings.len().max(1), (720, 480))?;
+        let mut text = format!("Figure 2a: linear regression, d = {d}; g_k = α_k / (2L λ_k)\n");
+        for s in &spectra {
+            text += &format!(
+                "  {:<11} n = {:>5}: {} nonzero directions, g_k median {:.3} (10–90%: {:.3}–{:.3}, range {:.3}–{:.3}), log-log slope of α on λ {:.3}\n",
+                s.setting,
+                s.n,
+                s.lambda.len(),
+                s.g_median,
+                s.g_p10,
+                s.g_p90,
+                s.g_min,
+                s.g_max,
+                s.loglog_slope
+            );
+        }
+        text.pop();
+        Ok((to_value(&spectra), text))
     }
-    for setting in &cfg.settings {
-        let series = spectra
-            .iter()
-            .filter(|s| &s.setting == setting)
-            .map(|s| {
-                Series::scatter(
-                    format!("n = {} (2L = {:.3})", s.n, s.two_l),
-                    s.ratio
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| ((i + 1) as f64, *r))
-                        .collect(),
-                )
-            })
-            .collect();
-        panels.push(Panel {
-            title: format!("{setting}: α_k / λ_k (≈ 2L means g_k ≈ 1)"),
-            x_label: "k".into(),
-            y_label: "α_k / λ_k".into(),
-            x_log: true,
-            y_log: true,
-            series,
-            ..Panel::default()
-        });
-    }
-    save(&out.stem(), &panels, cfg.settings.len().max(1), (720, 480))?;
-    let path = out.write(cfg, quick, t0.elapsed().as_secs_f64(), &spectra)?;
-    let mut text = format!("Figure 2a: linear regression, d = {d}; g_k = α_k / (2L λ_k)\n");
-    for s in &spectra {
-        text += &format!(
-            "  {:<11} n = {:>5}: {} nonzero directions, g_k median {:.3} (10–90%: {:.3}–{:.3}, range {:.3}–{:.3}), log-log slope of α on λ {:.3}\n",
-            s.setting,
-            s.n,
-            s.lambda.len(),
-            s.g_median,
-            s.g_p10,
-            s.g_p90,
-            s.g_min,
-            s.g_max,
-            s.loglog_slope
-        );
-    }
-    text += &format!("  results: {}", path.display());
-    Ok((spectra, text))
 }

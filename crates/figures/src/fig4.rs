@@ -26,13 +26,14 @@
 //! Both methods use the same triangular CLR schedule; GD+CLR is run over a grid of η_max
 //! and the run that ends flattest is plotted. The final λ_max(G) of every run is reported.
 
-use std::time::Instant;
-
+use burn::tensor::backend::Backend;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::plot::{FieldPanel, Series, save_fields};
-use crate::{FigureError, Output, mean_std};
+use crate::sweep::{Figure, JobSpec};
+use crate::{FigureError, Output, mean_std, to_value};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +57,7 @@ pub struct Fig4Config {
     pub runs: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run {
     pub method: String,
     pub lr_max: f64,
@@ -92,46 +93,55 @@ fn triangular(t: usize, period: usize, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * (1.0 - (2.0 * x - 1.0).abs())
 }
 
-pub fn run(
-    cfg: &Fig4Config,
-    quick: bool,
-    out: &Output,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(Fig4Results, String), FigureError> {
-    let t0 = Instant::now();
-    let bad = |message: &str| FigureError::Config {
-        path: "fig4".into(),
-        message: message.into(),
-    };
-    if cfg.xs.len() < 2 || cfg.xs.len() != cfg.ys.len() {
-        return Err(bad(
-            "xs and ys need the same length, at least 2 (so SGD has noise)",
-        ));
+/// The toy's data and the quantities every job shares.
+struct Toy {
+    data: Vec<(f64, f64)>,
+    n: f64,
+    m2: f64,
+    c: f64,
+}
+
+impl Toy {
+    fn new(cfg: &Fig4Config) -> Result<Toy, FigureError> {
+        let bad = |message: &str| FigureError::Config {
+            path: "fig4".into(),
+            message: message.into(),
+        };
+        if cfg.xs.len() < 2 || cfg.xs.len() != cfg.ys.len() {
+            return Err(bad(
+                "xs and ys need the same length, at least 2 (so SGD has noise)",
+            ));
+        }
+        if cfg.period < 2 || cfg.cycles == 0 {
+            return Err(bad("needs period ≥ 2 and cycles ≥ 1"));
+        }
+        let n = cfg.xs.len() as f64;
+        let data: Vec<(f64, f64)> = cfg.xs.iter().copied().zip(cfg.ys.iter().copied()).collect();
+        let m2 = cfg.xs.iter().map(|x| x * x).sum::<f64>() / n;
+        if m2 == 0.0 {
+            return Err(bad(
+                "xs are all zero, so the loss does not depend on (u, v)",
+            ));
+        }
+        let c = data.iter().map(|(x, y)| x * y).sum::<f64>() / (n * m2);
+        Ok(Toy { data, n, m2, c })
     }
-    if cfg.period < 2 || cfg.cycles == 0 {
-        return Err(bad("needs period ≥ 2 and cycles ≥ 1"));
+
+    fn sharp(&self, u: f64, v: f64) -> f64 {
+        self.m2 * (u * u + v * v)
     }
-    let n = cfg.xs.len() as f64;
-    let data: Vec<(f64, f64)> = cfg.xs.iter().copied().zip(cfg.ys.iter().copied()).collect();
-    let m2 = cfg.xs.iter().map(|x| x * x).sum::<f64>() / n;
-    if m2 == 0.0 {
-        return Err(bad(
-            "xs are all zero, so the loss does not depend on (u, v)",
-        ));
-    }
-    let c = data.iter().map(|(x, y)| x * y).sum::<f64>() / (n * m2);
-    let sharp = |u: f64, v: f64| m2 * (u * u + v * v);
-    let loss = |u: f64, v: f64| {
-        data.iter()
+
+    fn loss(&self, u: f64, v: f64) -> f64 {
+        self.data
+            .iter()
             .map(|(x, y)| (u * v * x - y).powi(2))
             .sum::<f64>()
-            / (2.0 * n)
-    };
-    let min_loss = loss(c, 1.0);
-    let total = cfg.period * cfg.cycles;
-    let every = (total / 600).max(1);
+            / (2.0 * self.n)
+    }
 
-    let simulate = |sgd: bool, lr_max: f64, seed: u64| -> Run {
+    fn simulate(&self, cfg: &Fig4Config, sgd: bool, lr_max: f64, seed: u64) -> Run {
+        let total = cfg.period * cfg.cycles;
+        let every = (total / 600).max(1);
         let mut rng = noisegeom_data::seeded_rng(seed, "fig4");
         let (mut u, mut v) = cfg.start;
         let mut path = vec![(u, v)];
@@ -140,10 +150,14 @@ pub fn run(
             let lr = triangular(t, cfg.period, cfg.lr_min, lr_max);
             // ∇ℓ_i = x_i (uv x_i − y_i) (v, u); GD uses the mean over i.
             let s = if sgd {
-                let (x, y) = data[rng.random_range(0..data.len())];
+                let (x, y) = self.data[rng.random_range(0..self.data.len())];
                 x * (u * v * x - y)
             } else {
-                data.iter().map(|(x, y)| x * (u * v * x - y)).sum::<f64>() / n
+                self.data
+                    .iter()
+                    .map(|(x, y)| x * (u * v * x - y))
+                    .sum::<f64>()
+                    / self.n
             };
             let (gu, gv) = (s * v, s * u);
             u -= lr * gu;
@@ -163,144 +177,196 @@ pub fn run(
                 "GD+CLR".into()
             },
             lr_max,
-            final_sharpness: sharp(u, v),
-            final_loss: loss(u, v),
+            final_sharpness: self.sharp(u, v),
+            final_loss: self.loss(u, v),
             final_uv: (u, v),
             diverged_at,
             path,
         }
-    };
-    progress("SGD+CLR");
-    let sgd: Vec<Run> = (0..cfg.runs.max(1))
-        .map(|r| simulate(true, cfg.sgd_lr_max, cfg.seed.wrapping_add(r as u64)))
-        .collect();
-    progress("GD+CLR grid");
-    let gd: Vec<Run> = cfg
-        .gd_lr_grid
-        .iter()
-        .map(|&lr| simulate(false, lr, cfg.seed))
-        .collect();
-    let gd_best = gd
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.diverged_at.is_none())
-        .min_by(|a, b| a.1.final_sharpness.total_cmp(&b.1.final_sharpness))
-        .map(|(i, _)| i);
-    let finals: Vec<f64> = sgd
-        .iter()
-        .filter(|r| r.diverged_at.is_none())
-        .map(|r| r.final_sharpness)
-        .collect();
-    let (sm, ss) = mean_std(&finals);
-    let results = Fig4Results {
-        m2,
-        c,
-        min_loss,
-        start_sharpness: sharp(cfg.start.0, cfg.start.1),
-        flattest_possible: 2.0 * m2 * c.abs(),
-        sgd_final_sharpness_mean: sm,
-        sgd_final_sharpness_std: ss,
-        sgd,
-        gd,
-        gd_best,
-    };
+    }
+}
 
-    // Loss contours over the region the paths visit.
-    let pts: Vec<(f64, f64)> = results
-        .sgd
-        .iter()
-        .chain(&results.gd)
-        .filter(|r| r.diverged_at.is_none())
-        .flat_map(|r| r.path.iter().copied())
-        .collect();
-    let (mut x0, mut x1, mut y0, mut y1) = (0.0f64, cfg.start.0, 0.0f64, cfg.start.1);
-    for (u, v) in &pts {
-        x0 = x0.min(*u);
-        x1 = x1.max(*u);
-        y0 = y0.min(*v);
-        y1 = y1.max(*v);
+fn sgd_runs(cfg: &Fig4Config) -> usize {
+    cfg.runs.max(1)
+}
+
+/// Figure 4 as jobs: one per SGD+CLR run, then one per η_max of the GD+CLR grid.
+pub struct Fig4;
+
+impl Figure for Fig4 {
+    const NAME: &'static str = "fig4";
+    type Config = Fig4Config;
+    type Part = Run;
+
+    fn set_runs(cfg: &mut Fig4Config, runs: usize) -> Result<(), FigureError> {
+        cfg.runs = runs;
+        Ok(())
     }
-    let (px, py) = (0.1 * (x1 - x0).max(0.5), 0.1 * (y1 - y0).max(0.5));
-    let (xr, yr) = ((x0 - px, x1 + px), (y0 - py, y1 + py));
-    let res = 160;
-    let field: Vec<f64> = (0..res * res)
-        .map(|k| {
-            let u = xr.0 + ((k % res) as f64 + 0.5) * (xr.1 - xr.0) / res as f64;
-            let v = yr.0 + ((k / res) as f64 + 0.5) * (yr.1 - yr.0) / res as f64;
-            (loss(u, v) - min_loss + 1e-6).ln()
+
+    fn plan(cfg: &Fig4Config) -> Result<Vec<JobSpec>, FigureError> {
+        Toy::new(cfg)?;
+        let sgd = (0..sgd_runs(cfg)).map(|r| JobSpec {
+            id: format!("sgd-r{r:03}"),
+            label: format!("SGD+CLR run {r}"),
+        });
+        let gd = cfg.gd_lr_grid.iter().enumerate().map(|(i, lr)| JobSpec {
+            id: format!("gd-{i:03}"),
+            label: format!("GD+CLR η_max = {lr}"),
+        });
+        Ok(sgd.chain(gd).collect())
+    }
+
+    fn run_job<B: Backend>(
+        cfg: &Fig4Config,
+        index: usize,
+        _device: &B::Device,
+    ) -> Result<Run, FigureError> {
+        let toy = Toy::new(cfg)?;
+        let runs = sgd_runs(cfg);
+        Ok(if index < runs {
+            toy.simulate(
+                cfg,
+                true,
+                cfg.sgd_lr_max,
+                cfg.seed.wrapping_add(index as u64),
+            )
+        } else {
+            toy.simulate(cfg, false, cfg.gd_lr_grid[index - runs], cfg.seed)
         })
-        .collect();
-    // Both branches of the hyperbola uv = c inside the plotted box, as one scatter of
-    // dense points (a line would join the branches).
-    let valley = || -> Series {
-        let pts = (0..4000)
-            .map(|i| xr.0 + (xr.1 - xr.0) * i as f64 / 3999.0)
-            .filter(|u| u.abs() > 1e-9)
-            .map(|u| (u, c / u))
-            .filter(|(_, v)| *v >= yr.0 && *v <= yr.1)
+    }
+
+    fn merge(
+        cfg: &Fig4Config,
+        mut sgd: Vec<Run>,
+        out: &Output,
+    ) -> Result<(Value, String), FigureError> {
+        let toy = Toy::new(cfg)?;
+        let gd = sgd.split_off(sgd_runs(cfg));
+        let (m2, c) = (toy.m2, toy.c);
+        let min_loss = toy.loss(c, 1.0);
+        let sharp = |u: f64, v: f64| toy.sharp(u, v);
+        let loss = |u: f64, v: f64| toy.loss(u, v);
+        let gd_best = gd
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.diverged_at.is_none())
+            .min_by(|a, b| a.1.final_sharpness.total_cmp(&b.1.final_sharpness))
+            .map(|(i, _)| i);
+        let finals: Vec<f64> = sgd
+            .iter()
+            .filter(|r| r.diverged_at.is_none())
+            .map(|r| r.final_sharpness)
             .collect();
-        Series::scatter(format!("minima uv = {c:.3}"), pts)
-    };
-    let path_series = |r: &Run| {
-        Series::line(
-            format!(
-                "{} η_max = {} → λ_max {:.2}",
-                r.method, r.lr_max, r.final_sharpness
-            ),
-            r.path.clone(),
-        )
-    };
-    let mut gd_paths = vec![valley()];
-    if let Some(i) = results.gd_best {
-        gd_paths.push(path_series(&results.gd[i]));
-    }
-    let panels = vec![
-        FieldPanel {
-            title: format!(
-                "SGD+CLR (B = 1), start λ_max = {:.2}",
-                results.start_sharpness
-            ),
-            x_label: "u".into(),
-            y_label: "v".into(),
-            x_range: xr,
-            y_range: yr,
-            field: field.clone(),
-            res,
-            paths: vec![valley(), path_series(&results.sgd[0])],
-        },
-        FieldPanel {
-            title: "GD+CLR, best η_max of the grid".into(),
-            x_label: "u".into(),
-            y_label: "v".into(),
-            x_range: xr,
-            y_range: yr,
-            field,
-            res,
-            paths: gd_paths,
-        },
-    ];
-    save_fields(&out.stem(), &panels, (640, 560))?;
-    let path = out.write(cfg, quick, t0.elapsed().as_secs_f64(), &results)?;
-    let mut text = format!(
-        "Figure 4: CLR toy f = u·v·x, minima uv = {:.3} (loss {:.4}); start λ_max(G) = {:.3}, flattest minimum 2m₂c = {:.3}\n  SGD+CLR η_max = {}: final λ_max {:.3} ± {:.3} over {} runs\n",
-        c,
-        min_loss,
-        results.start_sharpness,
-        results.flattest_possible,
-        cfg.sgd_lr_max,
-        sm,
-        ss,
-        finals.len()
-    );
-    for r in &results.gd {
-        text += &match r.diverged_at {
-            None => format!(
-                "  GD+CLR  η_max = {:<6}: final λ_max {:.3}\n",
-                r.lr_max, r.final_sharpness
-            ),
-            Some(t) => format!("  GD+CLR  η_max = {:<6}: diverged at step {t}\n", r.lr_max),
+        let (sm, ss) = mean_std(&finals);
+        let results = Fig4Results {
+            m2,
+            c,
+            min_loss,
+            start_sharpness: sharp(cfg.start.0, cfg.start.1),
+            flattest_possible: 2.0 * m2 * c.abs(),
+            sgd_final_sharpness_mean: sm,
+            sgd_final_sharpness_std: ss,
+            sgd,
+            gd,
+            gd_best,
         };
+
+        // Loss contours over the region the paths visit.
+        let pts: Vec<(f64, f64)> = results
+            .sgd
+            .iter()
+            .chain(&results.gd)
+            .filter(|r| r.diverged_at.is_none())
+            .flat_map(|r| r.path.iter().copied())
+            .collect();
+        let (mut x0, mut x1, mut y0, mut y1) = (0.0f64, cfg.start.0, 0.0f64, cfg.start.1);
+        for (u, v) in &pts {
+            x0 = x0.min(*u);
+            x1 = x1.max(*u);
+            y0 = y0.min(*v);
+            y1 = y1.max(*v);
+        }
+        let (px, py) = (0.1 * (x1 - x0).max(0.5), 0.1 * (y1 - y0).max(0.5));
+        let (xr, yr) = ((x0 - px, x1 + px), (y0 - py, y1 + py));
+        let res = 160;
+        let field: Vec<f64> = (0..res * res)
+            .map(|k| {
+                let u = xr.0 + ((k % res) as f64 + 0.5) * (xr.1 - xr.0) / res as f64;
+                let v = yr.0 + ((k / res) as f64 + 0.5) * (yr.1 - yr.0) / res as f64;
+                (loss(u, v) - min_loss + 1e-6).ln()
+            })
+            .collect();
+        // Both branches of the hyperbola uv = c inside the plotted box, as one scatter of
+        // dense points (a line would join the branches).
+        let valley = || -> Series {
+            let pts = (0..4000)
+                .map(|i| xr.0 + (xr.1 - xr.0) * i as f64 / 3999.0)
+                .filter(|u| u.abs() > 1e-9)
+                .map(|u| (u, c / u))
+                .filter(|(_, v)| *v >= yr.0 && *v <= yr.1)
+                .collect();
+            Series::scatter(format!("minima uv = {c:.3}"), pts)
+        };
+        let path_series = |r: &Run| {
+            Series::line(
+                format!(
+                    "{} η_max = {} → λ_max {:.2}",
+                    r.method, r.lr_max, r.final_sharpness
+                ),
+                r.path.clone(),
+            )
+        };
+        let mut gd_paths = vec![valley()];
+        if let Some(i) = results.gd_best {
+            gd_paths.push(path_series(&results.gd[i]));
+        }
+        let panels = vec![
+            FieldPanel {
+                title: format!(
+                    "SGD+CLR (B = 1), start λ_max = {:.2}",
+                    results.start_sharpness
+                ),
+                x_label: "u".into(),
+                y_label: "v".into(),
+                x_range: xr,
+                y_range: yr,
+                field: field.clone(),
+                res,
+                paths: vec![valley(), path_series(&results.sgd[0])],
+            },
+            FieldPanel {
+                title: "GD+CLR, best η_max of the grid".into(),
+                x_label: "u".into(),
+                y_label: "v".into(),
+                x_range: xr,
+                y_range: yr,
+                field,
+                res,
+                paths: gd_paths,
+            },
+        ];
+        save_fields(&out.stem(), &panels, (640, 560))?;
+        let mut text = format!(
+            "Figure 4: CLR toy f = u·v·x, minima uv = {:.3} (loss {:.4}); start λ_max(G) = {:.3}, flattest minimum 2m₂c = {:.3}\n  SGD+CLR η_max = {}: final λ_max {:.3} ± {:.3} over {} runs\n",
+            c,
+            min_loss,
+            results.start_sharpness,
+            results.flattest_possible,
+            cfg.sgd_lr_max,
+            sm,
+            ss,
+            finals.len()
+        );
+        for r in &results.gd {
+            text += &match r.diverged_at {
+                None => format!(
+                    "  GD+CLR  η_max = {:<6}: final λ_max {:.3}\n",
+                    r.lr_max, r.final_sharpness
+                ),
+                Some(t) => format!("  GD+CLR  η_max = {:<6}: diverged at step {t}\n", r.lr_max),
+            };
+        }
+        text.pop();
+        Ok((to_value(&results), text))
     }
-    text += &format!("  results: {}", path.display());
-    Ok((results, text))
 }

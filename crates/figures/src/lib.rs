@@ -6,9 +6,11 @@
 //! - [`fig3`]: escape from a sharp minimum, SGD against GD.
 //! - [`fig4`]: cyclical learning rates on a toy with a valley of minima of varying sharpness.
 //! - [`runs`]: training curves of run directories (`noisegeom plot`), and their CSV.
+//! - [`sweep`]: every figure as independent jobs (plan, run a shard, merge), which both
+//!   `noisegeom figure` and `noisegeom sweep` go through.
 //!
-//! Configs are TOML with unknown keys rejected; a `[quick]` table holds the overrides that
-//! `--quick` applies.
+//! Configs are TOML with unknown keys rejected; a top-level `figure = "fig1"` names the
+//! figure, and a `[quick]` table holds the overrides that `--quick` applies.
 
 pub mod fig1;
 pub mod fig2a;
@@ -16,6 +18,7 @@ pub mod fig3;
 pub mod fig4;
 pub mod plot;
 pub mod runs;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -38,15 +41,22 @@ pub enum FigureError {
 }
 
 /// Reads a figure config; with `quick`, the `[quick]` table's keys replace the top-level ones.
-pub fn load_config<T: DeserializeOwned>(path: &Path, quick: bool) -> Result<T, FigureError> {
+/// Returns the config and its `figure` key, when it has one.
+pub fn load_config<T: DeserializeOwned>(
+    path: &Path,
+    quick: bool,
+) -> Result<(T, Option<String>), FigureError> {
     let origin = path.display().to_string();
     let err = |message: String| FigureError::Config {
         path: origin.clone(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it ({e})")))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| err(e.message().trim().replace('\n', " ")))?;
+    let mut table = read_table(path)?;
+    let figure = match table.remove("figure") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s),
+        Some(_) => return Err(err("`figure` must be a string such as \"fig1\"".into())),
+    };
     let q = table.remove("quick");
     if quick {
         match q {
@@ -58,17 +68,36 @@ pub fn load_config<T: DeserializeOwned>(path: &Path, quick: bool) -> Result<T, F
             _ => return Err(err("--quick needs a [quick] table of overrides".into())),
         }
     }
-    toml::Value::Table(table)
+    let cfg = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| err(e.message().trim().replace('\n', " ")))
+        .map_err(|e: toml::de::Error| err(e.message().trim().replace('\n', " ")))?;
+    Ok((cfg, figure))
+}
+
+/// The `figure` key of a figure config: which figure it describes.
+pub fn figure_of(path: &Path) -> Result<String, FigureError> {
+    match read_table(path)?.remove("figure") {
+        Some(toml::Value::String(s)) => Ok(s),
+        _ => Err(FigureError::Config {
+            path: path.display().to_string(),
+            message: "no `figure` key; add one at the top, e.g. figure = \"fig1\"".into(),
+        }),
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, FigureError> {
+    let err = |message: String| FigureError::Config {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it ({e})")))?;
+    toml::from_str(&text).map_err(|e| err(e.message().trim().replace('\n', " ")))
 }
 
 /// Where a figure's files go, and its provenance.
 pub struct Output {
     pub dir: PathBuf,
     pub name: String,
-    /// `env.json`-style provenance from the CLI (git revision, backend, command…).
-    pub env: serde_json::Value,
 }
 
 impl Output {
@@ -76,29 +105,45 @@ impl Output {
         self.dir.join(&self.name)
     }
 
-    /// Writes `<name>.json` atomically with the config, the env and the results.
-    pub fn write<C: Serialize, R: Serialize>(
+    fn write_json(&self, path: &Path, doc: &serde_json::Value) -> Result<(), FigureError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| FigureError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let mut bytes = serde_json::to_vec_pretty(doc).expect("json");
+        bytes.push(b'\n');
+        noisegeom_train::fsio::write_atomic(path, &bytes)
+            .map_err(|e| FigureError::Io(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Writes `<name>.json` atomically: the figure, the config and the results. It holds no
+    /// clock, host or command line, so the same config gives the same bytes.
+    pub fn write<C: Serialize>(
         &self,
         config: &C,
         quick: bool,
-        seconds: f64,
-        results: &R,
+        results: &serde_json::Value,
     ) -> Result<PathBuf, FigureError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| FigureError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let path = self.stem().with_extension("json");
         let doc = serde_json::json!({
             "figure": self.name,
             "quick": quick,
-            "env": self.env,
             "config": config,
-            "wall_seconds": seconds,
             "results": results,
         });
-        let path = self.stem().with_extension("json");
-        noisegeom_train::fsio::write_atomic(&path, &serde_json::to_vec_pretty(&doc).expect("json"))
-            .map_err(|e| FigureError::Io(format!("cannot write {}: {e}", path.display())))?;
+        self.write_json(&path, &doc)?;
         Ok(path)
     }
+
+    /// Writes `<name>.env.json` atomically: provenance and timings.
+    pub fn write_env(&self, doc: &serde_json::Value) -> Result<PathBuf, FigureError> {
+        let path = self.dir.join(format!("{}.env.json", self.name));
+        self.write_json(&path, doc)?;
+        Ok(path)
+    }
+}
+
+/// A results struct as JSON (results hold plain numbers, strings and vectors).
+pub fn to_value<T: Serialize>(results: &T) -> serde_json::Value {
+    serde_json::to_value(results).expect("results serialise")
 }
 
 /// Mean and sample standard deviation.

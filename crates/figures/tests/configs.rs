@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use noisegeom_figures::{fig1, fig2a, fig3, fig4, load_config};
+use noisegeom_figures::{fig1, fig2a, fig3, fig4, figure_of, load_config};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
@@ -25,10 +25,35 @@ fn experiment_configs_parse() {
 #[test]
 fn figure_configs_parse() {
     let dir = root().join("configs/figures");
+    let named = |f: &str| Some(f.to_string());
     for quick in [false, true] {
-        load_config::<fig1::Fig1Config>(&dir.join("fig1.toml"), quick).unwrap();
-        load_config::<fig2a::Fig2aConfig>(&dir.join("fig2a.toml"), quick).unwrap();
-        load_config::<fig3::Fig3Config>(&dir.join("fig3.toml"), quick).unwrap();
-        load_config::<fig4::Fig4Config>(&dir.join("fig4.toml"), quick).unwrap();
+        let p = |f: &str| dir.join(format!("{f}.toml"));
+        assert_eq!(
+            load_config::<fig1::Fig1Config>(&p("fig1"), quick)
+                .unwrap()
+                .1,
+            named("fig1")
+        );
+        assert_eq!(
+            load_config::<fig2a::Fig2aConfig>(&p("fig2a"), quick)
+                .unwrap()
+                .1,
+            named("fig2a")
+        );
+        assert_eq!(
+            load_config::<fig3::Fig3Config>(&p("fig3"), quick)
+                .unwrap()
+                .1,
+            named("fig3")
+        );
+        assert_eq!(
+            load_config::<fig4::Fig4Config>(&p("fig4"), quick)
+                .unwrap()
+                .1,
+            named("fig4")
+        );
+    }
+    for f in ["fig1", "fig2a", "fig3", "fig4"] {
+        assert_eq!(figure_of(&dir.join(format!("{f}.toml"))).unwrap(), f);
     }
 }

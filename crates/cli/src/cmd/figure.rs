@@ -1,10 +1,13 @@
-//! `noisegeom figure NAME`: one command per figure of the paper.
+//! `noisegeom figure NAME` and `noisegeom sweep plan|run|merge CONFIG`: one path for both.
+//! A figure is a list of independent jobs; `figure` runs them all on this machine and
+//! merges, and `sweep` splits the same jobs into shards for a cluster (Slurm job arrays).
 
 use std::path::PathBuf;
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
-use noisegeom_figures::{Output, fig1, fig2a, fig3, fig4, load_config};
+use noisegeom_figures::sweep::{Figure, JobState, Shard, Sweep};
+use noisegeom_figures::{Output, fig1, fig2a, fig3, fig4, figure_of, load_config};
 
 use crate::backend::Job;
 use crate::env::env_info;
@@ -28,82 +31,204 @@ impl FigureName {
     }
 }
 
-pub struct FigureJob {
-    pub figure: FigureName,
-    pub config: Option<PathBuf>,
+/// The figure config and the options that change what the jobs compute, shared by `figure`
+/// and every `sweep` step (so a sweep and a single run agree on the jobs).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The small variant from the config's [quick] table (a smoke test).
+    #[arg(long)]
     pub quick: bool,
+    /// Independent runs per point (overrides the config).
+    #[arg(long)]
     pub runs: Option<usize>,
+    /// Output folder (default: results/figures/<figure>[-quick]); job results go to its
+    /// jobs/ subfolder.
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 
+/// What to do with a figure's jobs.
+#[derive(Clone, Copy, Debug)]
+pub enum Action {
+    /// List the jobs, their shard under `shards` and their state.
+    Plan { shards: usize },
+    /// Run one shard's unfinished jobs.
+    Run(Shard),
+    /// Merge finished jobs into the results file and plots.
+    Merge,
+    /// Run every job here, then merge (`noisegeom figure`); `fresh` redoes finished jobs.
+    All { fresh: bool },
+}
+
+pub struct FigureJob {
+    pub figure: FigureName,
+    pub config: PathBuf,
+    pub target: Target,
+    pub action: Action,
+}
+
 impl FigureJob {
-    fn config_path(&self) -> anyhow::Result<PathBuf> {
-        let p = self.config.clone().unwrap_or_else(|| {
-            PathBuf::from(format!("configs/figures/{}.toml", self.figure.name()))
-        });
+    /// `noisegeom figure NAME [--config FILE]`.
+    pub fn figure(
+        figure: FigureName,
+        config: Option<PathBuf>,
+        target: Target,
+        fresh: bool,
+    ) -> anyhow::Result<FigureJob> {
+        let config = config
+            .unwrap_or_else(|| PathBuf::from(format!("configs/figures/{}.toml", figure.name())));
         anyhow::ensure!(
-            p.is_file(),
+            config.is_file(),
             "figure config {} not found; run from the noisegeom folder or pass --config FILE",
-            p.display()
+            config.display()
         );
-        Ok(p)
+        Ok(FigureJob {
+            figure,
+            config,
+            target,
+            action: Action::All { fresh },
+        })
     }
 
-    fn output(&self, backend: &str) -> Output {
-        let name = self.figure.name();
-        let dir = self.out.clone().unwrap_or_else(|| {
-            PathBuf::from("results/figures").join(if self.quick {
-                format!("{name}-quick")
+    /// `noisegeom sweep … CONFIG`: the figure is the config's `figure` key.
+    pub fn sweep(config: PathBuf, target: Target, action: Action) -> anyhow::Result<FigureJob> {
+        let name = figure_of(&config)?;
+        let figure = FigureName::from_str(&name, true).map_err(|_| {
+            anyhow::anyhow!(
+                "figure config {}: unknown figure `{name}`; use fig1, fig2a, fig3 or fig4",
+                config.display()
+            )
+        })?;
+        Ok(FigureJob {
+            figure,
+            config,
+            target,
+            action,
+        })
+    }
+
+    fn go<F: Figure, B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        backend: &str,
+    ) -> anyhow::Result<String> {
+        // The figure key first: another figure's config would fail on its fields.
+        if let Some(n) = figure_of(&self.config).ok().filter(|n| n != F::NAME) {
+            anyhow::bail!(
+                "figure config {}: its `figure` key is {n}, not {}; pass the {} config",
+                self.config.display(),
+                F::NAME,
+                F::NAME
+            );
+        }
+        let (mut cfg, _): (F::Config, _) = load_config(&self.config, self.target.quick)?;
+        if let Some(r) = self.target.runs {
+            F::set_runs(&mut cfg, r)?;
+        }
+        let dir = self.target.out.clone().unwrap_or_else(|| {
+            PathBuf::from("results/figures").join(if self.target.quick {
+                format!("{}-quick", F::NAME)
             } else {
-                name.to_string()
+                F::NAME.to_string()
             })
         });
-        Output {
+        let out = Output {
             dir,
-            name: name.to_string(),
-            env: env_info(backend, 0, &std::env::args().collect::<Vec<_>>()),
+            name: F::NAME.to_string(),
+        };
+        let sweep = Sweep::<F> {
+            cfg: &cfg,
+            quick: self.target.quick,
+            out: &out,
+            code: format!(
+                "noisegeom {} {}{}",
+                env!("CARGO_PKG_VERSION"),
+                env!("NOISEGEOM_GIT_REV"),
+                if env!("NOISEGEOM_GIT_DIRTY") == "false" {
+                    ""
+                } else {
+                    " (dirty)"
+                }
+            ),
+            backend: backend.to_string(),
+        };
+        let mut progress = |s: &str| tracing::info!("{}: {s}", F::NAME);
+        let env = || env_info(backend, 0, &std::env::args().collect::<Vec<_>>());
+        match self.action {
+            Action::Plan { shards } => {
+                let status = sweep.status()?;
+                let done = status.iter().filter(|(_, s)| *s == JobState::Done).count();
+                let mut text = format!(
+                    "{}: {} jobs ({done} done) in {}; shard = index mod {shards}\n  {:>5} {:>5}  {:<8} {:<20} what\n",
+                    F::NAME,
+                    status.len(),
+                    sweep.jobs_dir().display(),
+                    "index",
+                    "shard",
+                    "state",
+                    "id"
+                );
+                for (i, (job, state)) in status.iter().enumerate() {
+                    text += &format!(
+                        "  {i:>5} {:>5}  {:<8} {:<20} {}\n",
+                        i % shards.max(1),
+                        format!("{state:?}").to_lowercase(),
+                        job.id,
+                        job.label
+                    );
+                }
+                text.pop();
+                Ok(text)
+            }
+            Action::Run(shard) => {
+                let r = sweep.run_shard::<B::InnerBackend>(shard, device, &mut progress)?;
+                Ok(format!(
+                    "{} shard {}/{}: ran {} jobs, skipped {} already done; results in {}",
+                    F::NAME,
+                    shard.index,
+                    shard.count,
+                    r.ran.len(),
+                    r.skipped.len(),
+                    sweep.jobs_dir().display()
+                ))
+            }
+            Action::Merge => Ok(plots_line(&out, sweep.merge(env())?.1)),
+            Action::All { fresh } => {
+                if fresh && sweep.jobs_dir().exists() {
+                    std::fs::remove_dir_all(sweep.jobs_dir())?;
+                }
+                let r = sweep.run_shard::<B::InnerBackend>(Shard::ALL, device, &mut progress)?;
+                let mut text = plots_line(&out, sweep.merge(env())?.1);
+                if !r.skipped.is_empty() {
+                    text += &format!(
+                        "\nreused {} finished jobs from {} (--fresh redoes them)",
+                        r.skipped.len(),
+                        sweep.jobs_dir().display()
+                    );
+                }
+                Ok(text)
+            }
         }
     }
+}
+
+fn plots_line(out: &Output, text: String) -> String {
+    format!(
+        "{text}\nplots: {}.png, {}.svg",
+        out.stem().display(),
+        out.stem().display()
+    )
 }
 
 impl Job for FigureJob {
     type Output = String;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
-        let path = self.config_path()?;
-        let out = self.output(backend);
-        let mut progress = |s: &str| tracing::info!("{}: {s}", self.figure.name());
-        let text = match self.figure {
-            FigureName::Fig1 => {
-                let mut c: fig1::Fig1Config = load_config(&path, self.quick)?;
-                if let Some(r) = self.runs {
-                    c.runs = r;
-                }
-                fig1::run::<B::InnerBackend>(&c, self.quick, &out, &device, &mut progress)?.1
-            }
-            FigureName::Fig2a => {
-                let c: fig2a::Fig2aConfig = load_config(&path, self.quick)?;
-                fig2a::run::<B::InnerBackend>(&c, self.quick, &out, &device, &mut progress)?.1
-            }
-            FigureName::Fig3 => {
-                let mut c: fig3::Fig3Config = load_config(&path, self.quick)?;
-                if let Some(r) = self.runs {
-                    c.runs = r;
-                }
-                fig3::run(&c, self.quick, &out, &mut progress)?.1
-            }
-            FigureName::Fig4 => {
-                let mut c: fig4::Fig4Config = load_config(&path, self.quick)?;
-                if let Some(r) = self.runs {
-                    c.runs = r;
-                }
-                fig4::run(&c, self.quick, &out, &mut progress)?.1
-            }
-        };
-        Ok(format!(
-            "{text}\nplots: {}.png, {}.svg",
-            out.stem().display(),
-            out.stem().display()
-        ))
+        match self.figure {
+            FigureName::Fig1 => self.go::<fig1::Fig1, B>(&device, backend),
+            FigureName::Fig2a => self.go::<fig2a::Fig2a, B>(&device, backend),
+            FigureName::Fig3 => self.go::<fig3::Fig3, B>(&device, backend),
+            FigureName::Fig4 => self.go::<fig4::Fig4, B>(&device, backend),
+        }
     }
 }

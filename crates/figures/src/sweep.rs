@@ -1,0 +1,362 @@
+//! Every figure as independent jobs: plan, run a shard, merge (`noisegeom sweep`, and
+//! `noisegeom figure`, which is the one-shard case of the same path).
+//!
+//! A figure's [`Figure::plan`] lists its jobs, one per run or grid point, each with a
+//! stable id. [`Sweep::run_shard`] computes the jobs `i ≡ I (mod N)` and writes each result to
+//! `<dir>/jobs/<id>.toml` atomically, so a killed shard leaves only whole files; rerun, it
+//! skips a job whose file is whole and was written for the same figure, config, `--quick`
+//! and code, and redoes anything else. [`merge`] reads the job files in plan order and
+//! writes the figure's results file and plots. Every job's numbers depend only on the config
+//! and the job's index, and the results file holds no clock or host, so the merged file is
+//! byte-identical whatever the number of shards. Timings and provenance go to
+//! `<name>.env.json` beside it.
+//!
+//! Job files are TOML, not JSON: Rust's float parser is correctly rounded, so every f64 of a
+//! job comes back bit for bit (serde_json's default parser can be one ulp off), and NaN and
+//! ±inf survive.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{FigureError, Output};
+
+/// One independent unit of a figure's work.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSpec {
+    /// Stable, file-name-safe id (the job's result is `jobs/<id>.toml`).
+    pub id: String,
+    /// What the job computes, for people.
+    pub label: String,
+}
+
+/// A figure, split into jobs.
+pub trait Figure {
+    /// `fig1`, `fig2a`…: the results are `<NAME>.json`, `.png`, `.svg`.
+    const NAME: &'static str;
+    type Config: Serialize + DeserializeOwned;
+    /// One job's result.
+    type Part: Serialize + DeserializeOwned;
+
+    /// Sets the number of independent runs (`--runs`); a figure without runs refuses.
+    fn set_runs(cfg: &mut Self::Config, runs: usize) -> Result<(), FigureError> {
+        let _ = (cfg, runs);
+        Err(FigureError::Config {
+            path: Self::NAME.into(),
+            message: "this figure has no independent runs; drop --runs".into(),
+        })
+    }
+
+    /// The jobs, in a fixed order. Checks the config, so a bad one fails before any work.
+    fn plan(cfg: &Self::Config) -> Result<Vec<JobSpec>, FigureError>;
+
+    /// Computes job `index` of the plan. Depends on nothing but `cfg` and `index`.
+    fn run_job<B: Backend>(
+        cfg: &Self::Config,
+        index: usize,
+        device: &B::Device,
+    ) -> Result<Self::Part, FigureError>;
+
+    /// Combines the jobs' results (in plan order): writes the plots, and returns the
+    /// results (for the results file) and a readable summary.
+    fn merge(
+        cfg: &Self::Config,
+        parts: Vec<Self::Part>,
+        out: &Output,
+    ) -> Result<(Value, String), FigureError>;
+}
+
+/// The `I/N` of `--shard`: this process runs the jobs whose index is I modulo N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    pub fn owns(&self, job: usize) -> bool {
+        job % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("shard `{s}`: expected I/N with 0 ≤ I < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// Where and for what the jobs of one figure run.
+pub struct Sweep<'a, F: Figure> {
+    pub cfg: &'a F::Config,
+    pub quick: bool,
+    pub out: &'a Output,
+    /// Identity of the code computing the jobs (version, git revision, dirty flag): a job
+    /// file written by other code is redone.
+    pub code: String,
+    /// The backend and precision jobs run on: a job file from another backend is redone by
+    /// `run_shard` (merge accepts it, and says so).
+    pub backend: String,
+}
+
+/// One job's file: what it was computed for, then its result.
+#[derive(Serialize, Deserialize)]
+struct JobFile<P> {
+    figure: String,
+    id: String,
+    label: String,
+    quick: bool,
+    /// The config as JSON: a job is reused only for the identical config.
+    config_key: String,
+    code: String,
+    backend: String,
+    shard: String,
+    seconds: f64,
+    result: P,
+}
+
+/// What [`Sweep::run_shard`] did.
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub ran: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// A job's state in the output folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Done,
+    /// A file from another config, `--quick` setting or code, or an unreadable one.
+    Stale,
+    Missing,
+}
+
+impl<F: Figure> Sweep<'_, F> {
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.out.dir.join("jobs")
+    }
+
+    fn job_path(&self, id: &str) -> PathBuf {
+        self.jobs_dir().join(format!("{id}.toml"))
+    }
+
+    fn key(&self) -> String {
+        serde_json::to_string(self.cfg).expect("config serialises")
+    }
+
+    /// Reads a job file if it is whole and belongs to this figure, config, mode and code.
+    fn read_job(&self, id: &str) -> (JobState, Option<JobFile<toml::Value>>) {
+        let Ok(text) = std::fs::read_to_string(self.job_path(id)) else {
+            return (JobState::Missing, None);
+        };
+        let Ok(doc) = toml::from_str::<JobFile<toml::Value>>(&text) else {
+            return (JobState::Stale, None);
+        };
+        let same = doc.figure == F::NAME
+            && doc.id == id
+            && doc.quick == self.quick
+            && doc.config_key == self.key()
+            && doc.code == self.code;
+        if same {
+            (JobState::Done, Some(doc))
+        } else {
+            (JobState::Stale, None)
+        }
+    }
+
+    /// The figure's jobs; ids must be unique, since each names a file.
+    pub fn plan(&self) -> Result<Vec<JobSpec>, FigureError> {
+        let plan = F::plan(self.cfg)?;
+        let mut ids: Vec<&str> = plan.iter().map(|j| j.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FigureError::Config {
+                path: F::NAME.into(),
+                message: format!(
+                    "two jobs share the id `{}`; is a value repeated in the config's lists?",
+                    w[0]
+                ),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// The plan with each job's state.
+    pub fn status(&self) -> Result<Vec<(JobSpec, JobState)>, FigureError> {
+        Ok(self
+            .plan()?
+            .into_iter()
+            .map(|j| {
+                let s = self.read_job(&j.id).0;
+                (j, s)
+            })
+            .collect())
+    }
+
+    /// Runs this shard's jobs that are not done yet, writing each result atomically.
+    pub fn run_shard<B: Backend>(
+        &self,
+        shard: Shard,
+        device: &B::Device,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<ShardReport, FigureError> {
+        let plan = self.plan()?;
+        let dir = self.jobs_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| FigureError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let mine: Vec<usize> = (0..plan.len()).filter(|&i| shard.owns(i)).collect();
+        let mut report = ShardReport::default();
+        for (k, &i) in mine.iter().enumerate() {
+            let job = &plan[i];
+            if let (JobState::Done, Some(doc)) = self.read_job(&job.id)
+                && doc.backend == self.backend
+            {
+                report.skipped.push(job.id.clone());
+                continue;
+            }
+            progress(&format!(
+                "job {}/{} {}: {}",
+                k + 1,
+                mine.len(),
+                job.id,
+                job.label
+            ));
+            let t0 = Instant::now();
+            let part = F::run_job::<B>(self.cfg, i, device)?;
+            let doc = JobFile {
+                figure: F::NAME.to_string(),
+                id: job.id.clone(),
+                label: job.label.clone(),
+                quick: self.quick,
+                config_key: self.key(),
+                code: self.code.clone(),
+                backend: self.backend.clone(),
+                shard: format!("{}/{}", shard.index, shard.count),
+                seconds: t0.elapsed().as_secs_f64(),
+                result: part,
+            };
+            let path = self.job_path(&job.id);
+            let text = toml::to_string(&doc).map_err(|e| {
+                FigureError::Io(format!(
+                    "{}: cannot encode the result ({e})",
+                    path.display()
+                ))
+            })?;
+            noisegeom_train::fsio::write_atomic(&path, text.as_bytes())
+                .map_err(|e| FigureError::Io(format!("cannot write {}: {e}", path.display())))?;
+            report.ran.push(job.id.clone());
+        }
+        Ok(report)
+    }
+
+    /// Merges every job's result into `<name>.json`, `.png`, `.svg` and `<name>.env.json`.
+    /// Fails, naming them, when jobs are missing or stale.
+    pub fn merge(&self, env: Value) -> Result<(PathBuf, String), FigureError> {
+        let t0 = Instant::now();
+        let plan = self.plan()?;
+        let mut parts = Vec::with_capacity(plan.len());
+        let mut jobs = Vec::with_capacity(plan.len());
+        let mut missing = Vec::new();
+        for job in &plan {
+            match self.read_job(&job.id) {
+                (JobState::Done, Some(doc)) => {
+                    let part: F::Part = doc.result.try_into().map_err(|e| {
+                        FigureError::Io(format!(
+                            "{}: unreadable result ({e}); delete it and rerun its shard",
+                            self.job_path(&job.id).display()
+                        ))
+                    })?;
+                    parts.push(part);
+                    jobs.push(json!({
+                        "id": job.id,
+                        "shard": doc.shard,
+                        "backend": doc.backend,
+                        "seconds": doc.seconds,
+                    }));
+                }
+                (state, _) => missing.push(format!(
+                    "{} ({})",
+                    job.id,
+                    if state == JobState::Stale {
+                        "stale"
+                    } else {
+                        "missing"
+                    }
+                )),
+            }
+        }
+        if !missing.is_empty() {
+            let shown: Vec<_> = missing.iter().take(5).cloned().collect();
+            return Err(FigureError::Io(format!(
+                "{}: {} of {} jobs not done in {}: {}{}; run `noisegeom sweep run` for their shards first",
+                F::NAME,
+                missing.len(),
+                plan.len(),
+                self.jobs_dir().display(),
+                shown.join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            )));
+        }
+        let (results, mut text) = F::merge(self.cfg, parts, self.out)?;
+        let mut backends: Vec<&str> = jobs.iter().filter_map(|j| j["backend"].as_str()).collect();
+        backends.sort_unstable();
+        backends.dedup();
+        if backends.len() > 1 {
+            text += &format!(
+                "\n  note: the jobs ran on {} backends ({}); numbers may differ in the last digits",
+                backends.len(),
+                backends.join(", ")
+            );
+        }
+        let path = self.out.write(self.cfg, self.quick, &results)?;
+        let job_seconds: f64 = jobs.iter().filter_map(|j| j["seconds"].as_f64()).sum();
+        self.out.write_env(&json!({
+            "env": env,
+            "code": self.code,
+            "job_seconds_total": job_seconds,
+            "merge_seconds": t0.elapsed().as_secs_f64(),
+            "jobs": jobs,
+        }))?;
+        text += &format!("\n  results: {}", path.display());
+        Ok((path, text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shards_parse_and_partition() {
+        assert_eq!("2/5".parse(), Ok(Shard { index: 2, count: 5 }));
+        assert_eq!(" 0 / 1 ".parse(), Ok(Shard::ALL));
+        for bad in ["3/3", "1/0", "a/2", "2", "-1/3", "1/2/3"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        // Every job lands in exactly one of N shards.
+        for n in 1..6 {
+            for job in 0..20 {
+                let owners = (0..n)
+                    .filter(|&i| Shard { index: i, count: n }.owns(job))
+                    .count();
+                assert_eq!(owners, 1);
+            }
+        }
+    }
+}
