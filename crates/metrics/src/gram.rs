@@ -66,6 +66,11 @@ struct GramTap<B: Backend> {
     records: Vec<Record<B>>,
 }
 
+/// A zero leaf shaped like `z`: added after a layer, its gradient is the backprop signal there.
+fn zero_probe<B: Backend, const D: usize>(z: &Tensor<Ad<B>, D>) -> Tensor<Ad<B>, D> {
+    Tensor::zeros(z.dims(), &z.device()).require_grad()
+}
+
 impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
     fn dense(
         &mut self,
@@ -73,7 +78,7 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
         z: Tensor<Ad<B>, 2>,
         bias: bool,
     ) -> Tensor<Ad<B>, 2> {
-        let probe = Tensor::zeros(z.dims(), &z.device()).require_grad();
+        let probe = zero_probe(&z);
         self.records.push(Record::Dense {
             input: input.clone().inner(),
             probe: probe.clone(),
@@ -89,7 +94,7 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
         geom: ConvGeom,
         bias: bool,
     ) -> Tensor<Ad<B>, 4> {
-        let probe = Tensor::zeros(z.dims(), &z.device()).require_grad();
+        let probe = zero_probe(&z);
         self.records.push(Record::Conv {
             input: input.clone().inner(),
             probe: probe.clone(),
@@ -100,7 +105,7 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
     }
 
     fn hadamard(&mut self, input: &Tensor<Ad<B>, 2>, z: Tensor<Ad<B>, 2>) -> Tensor<Ad<B>, 2> {
-        let probe = Tensor::zeros(z.dims(), &z.device()).require_grad();
+        let probe = zero_probe(&z);
         self.records.push(Record::Hadamard {
             input: input.clone().inner(),
             probe: probe.clone(),
