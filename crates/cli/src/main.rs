@@ -156,7 +156,8 @@ enum Command {
         backends: Vec<BackendKind>,
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,
-        /// Workloads (default: all): train-fnn, train-cnn.
+        /// Workloads (default: all): train-fnn, train-cnn, jv-fnn, jv-double-vjp-fnn, gv-fnn,
+        /// hv-fnn, lanczos-fnn, gram-mu-fnn, alpha-fnn, sgemm.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         /// Timed repeats after the warm-up (the median is reported).
@@ -198,6 +199,7 @@ enum SweepStep {
     },
     /// Run the jobs of one shard (jobs whose index is I mod N), skipping finished ones.
     Run {
+        /// The figure config the plan was made from.
         config: PathBuf,
         /// I/N, 0 ≤ I < N: e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
         #[arg(long, value_name = "I/N")]
@@ -209,6 +211,7 @@ enum SweepStep {
     },
     /// Merge the finished jobs into the figure's results file and plots.
     Merge {
+        /// The figure config the shards ran.
         config: PathBuf,
         #[command(flatten)]
         target: cmd::figure::Target,

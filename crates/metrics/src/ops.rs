@@ -307,8 +307,25 @@ impl<B: Backend> ProbeOps<B> {
         acc
     }
 
-    /// Jv for v ∈ R^p, by the double-VJP trick (exact).
+    /// Jv for v ∈ R^p, exact, in forward mode: one pass carrying the tangent through the
+    /// network ([`Net::jvp`]), about twice a forward in cost and with no autodiff graph.
     pub fn jvp(&self, v: &[f64]) -> Vec<f64> {
+        assert_eq!(v.len(), self.p, "parameter-space vector length");
+        let tangent = Net::<B>::build(self.arch.clone(), &mut FlatSource::new(&self.device, v))
+            .expect("the architecture was validated when the plain network was built");
+        let mut out = Vec::with_capacity(self.n * self.c);
+        for (s, len) in self.chunks() {
+            match self.net.jvp(self.x.clone().narrow(0, s, len), &tangent).1 {
+                Some(jv) => out.extend(to_host(jv)),
+                None => out.resize(out.len() + len * self.c, 0.0),
+            }
+        }
+        out
+    }
+
+    /// Jv by the double-VJP trick through nested autodiff (exact): the route that needs no
+    /// forward-mode rule per layer. Kept as an independent cross-check of [`Self::jvp`].
+    pub fn jvp_double_vjp(&self, v: &[f64]) -> Vec<f64> {
         assert_eq!(v.len(), self.p, "parameter-space vector length");
         let v_ad = to_device::<Ad<B>>(v, &self.device);
         let mut out = Vec::with_capacity(self.n * self.c);

@@ -30,6 +30,12 @@ fn operators_match_dense_ground_truth() {
             ),
             ("grad", ops.grad().to_vec(), truth.grad.clone(), 1e-10),
             ("Jv", ops.jvp(&v), matvec(&truth.j, &v), 1e-10),
+            (
+                "Jv (double VJP)",
+                ops.jvp_double_vjp(&v),
+                matvec(&truth.j, &v),
+                1e-10,
+            ),
             ("Jᵀw", ops.vjp(&w), mat_t_vec(&truth.j, &w), 1e-10),
             ("Gv", ops.gv(&v), matvec(&truth.g, &v), 1e-10),
             ("Mv", ops.mv(&v), matvec(&truth.m, &v), 1e-10),

@@ -44,6 +44,35 @@ impl Activation {
             Activation::Smooth => tanh(z.clone()) + z.mul_scalar(0.1),
         }
     }
+
+    /// Forward mode: σ(z) and σ'(z) ⊙ dz (`None` is a zero tangent). ReLU's σ'(0) is 0,
+    /// as in its reverse-mode rule.
+    pub fn apply_jvp<B: Backend, const D: usize>(
+        self,
+        z: Tensor<B, D>,
+        dz: Option<Tensor<B, D>>,
+    ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
+        let Some(dz) = dz else {
+            return (self.apply(z), None);
+        };
+        match self {
+            Activation::Identity => (z, Some(dz)),
+            Activation::Relu => {
+                let off = z.clone().lower_equal_elem(0.0);
+                (relu(z), Some(dz.mask_fill(off, 0.0)))
+            }
+            Activation::Tanh | Activation::Smooth => {
+                let t = tanh(z.clone());
+                let mut slope = t.clone().powi_scalar(2).neg().add_scalar(1.0);
+                let mut out = t;
+                if self == Activation::Smooth {
+                    slope = slope.add_scalar(0.1);
+                    out = out + z.mul_scalar(0.1);
+                }
+                (out, Some(dz * slope))
+            }
+        }
+    }
 }
 
 /// Errors in building a model. One line each, saying what to change.

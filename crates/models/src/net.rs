@@ -3,6 +3,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
 use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap};
 use crate::params::{ParamInit, ParamSource, Role};
 use crate::{Activation, ModelError};
@@ -274,4 +277,110 @@ impl<B: Backend> Net<B> {
             Value::Image(_) => unreachable!("validated at construction"),
         }
     }
+
+    /// Forward-mode derivative: f(x) and J·dθ, the change of f(x) along the parameter
+    /// direction `tangent` (a network of the same architecture holding dθ). One pass, about
+    /// twice a forward in cost, with no autodiff graph. `None` means J·dθ = 0.
+    pub fn jvp(&self, x: Tensor<B, 2>, tangent: &Net<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+        debug_assert_eq!(
+            self.arch, tangent.arch,
+            "the tangent has this network's shape"
+        );
+        let [n, _] = x.dims();
+        let mut v = match self.arch.input_shape[..] {
+            [c, h, w] => Dual::Image(x.reshape([n, c, h, w]), None),
+            _ => Dual::Flat(x, None),
+        };
+        let mut layers = self.layers.iter().zip(&tangent.layers);
+        for stage in &self.arch.stages {
+            v = match (stage, v) {
+                (Stage::Dense { .. }, Dual::Flat(a, da)) => match layers.next() {
+                    Some((Layer::Dense(l), Layer::Dense(t))) => {
+                        // z = a Wᵀ + b, dz = da Wᵀ + a dWᵀ + db.
+                        let z = l.forward(a.clone(), &mut NoTap);
+                        let dz = t.forward(a, &mut NoTap);
+                        let dz = match da {
+                            Some(da) => dz + da.matmul(l.weight.val().transpose()),
+                            None => dz,
+                        };
+                        Dual::Flat(z, Some(dz))
+                    }
+                    _ => unreachable!("layers follow stages"),
+                },
+                (Stage::Conv { .. }, Dual::Image(a, da)) => match layers.next() {
+                    Some((Layer::Conv(l), Layer::Conv(t))) => {
+                        // conv is bilinear in (input, weight): dz = conv(da, W) + conv(a, dW) + db.
+                        let z = l.forward(a.clone(), &mut NoTap);
+                        let dz = t.forward(a, &mut NoTap);
+                        let dz = match da {
+                            Some(da) => {
+                                let g = l.geom();
+                                dz + conv2d(
+                                    da,
+                                    l.weight.val(),
+                                    None,
+                                    ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], 1),
+                                )
+                            }
+                            None => dz,
+                        };
+                        Dual::Image(z, Some(dz))
+                    }
+                    _ => unreachable!("layers follow stages"),
+                },
+                (Stage::Hadamard, Dual::Flat(a, da)) => match layers.next() {
+                    Some((Layer::Hadamard(l), Layer::Hadamard(t))) => {
+                        let z = l.forward(a.clone(), &mut NoTap);
+                        let dz = t.forward(a, &mut NoTap);
+                        let dz = match da {
+                            Some(da) => dz + da * l.weight.val().unsqueeze::<2>(),
+                            None => dz,
+                        };
+                        Dual::Flat(z, Some(dz))
+                    }
+                    _ => unreachable!("layers follow stages"),
+                },
+                (Stage::Act { activation }, Dual::Flat(a, da)) => {
+                    let (z, dz) = activation.apply_jvp(a, da);
+                    Dual::Flat(z, dz)
+                }
+                (Stage::Act { activation }, Dual::Image(a, da)) => {
+                    let (z, dz) = activation.apply_jvp(a, da);
+                    Dual::Image(z, dz)
+                }
+                (Stage::Flatten, Dual::Image(a, da)) => {
+                    Dual::Flat(a.flatten(1, 3), da.map(|d| d.flatten(1, 3)))
+                }
+                (Stage::GlobalAvgPool, Dual::Image(a, da)) => {
+                    let [n, c, h, w] = a.dims();
+                    let pool =
+                        |t: Tensor<B, 4>| t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
+                    Dual::Flat(pool(a), da.map(pool))
+                }
+                (Stage::SumFeatures, Dual::Flat(a, da)) => {
+                    Dual::Flat(a.sum_dim(1), da.map(|d| d.sum_dim(1)))
+                }
+                (Stage::FixedDense { out, weights }, Dual::Flat(a, da)) => {
+                    let d = weights.len() / out;
+                    let w = Tensor::<B, 2>::from_data(
+                        TensorData::new(weights.clone(), [*out, d]),
+                        &a.device(),
+                    )
+                    .transpose();
+                    Dual::Flat(a.matmul(w.clone()), da.map(|d| d.matmul(w)))
+                }
+                _ => unreachable!("validated at construction"),
+            };
+        }
+        match v {
+            Dual::Flat(out, d) => (out, d),
+            Dual::Image(..) => unreachable!("validated at construction"),
+        }
+    }
+}
+
+/// A value and its tangent (`None`: zero) in [`Net::jvp`].
+enum Dual<B: Backend> {
+    Flat(Tensor<B, 2>, Option<Tensor<B, 2>>),
+    Image(Tensor<B, 4>, Option<Tensor<B, 4>>),
 }

@@ -51,6 +51,8 @@ pub struct BenchJob {
 pub const WORKLOADS: &[&str] = &[
     "train-fnn",
     "train-cnn",
+    "jv-fnn",
+    "jv-double-vjp-fnn",
     "gv-fnn",
     "hv-fnn",
     "lanczos-fnn",
@@ -219,7 +221,7 @@ fn loss_sync<B: AutodiffBackend>(m: &Net<B>) -> f64 {
 /// A text table with, per workload, each backend's median and its ratio to the first.
 pub fn table(all: &[Timing]) -> String {
     let mut s = format!(
-        "{:<12} {:<28} {:>10} {:>12} {:>10} {:>10} {:>14}\n",
+        "{:<18} {:<28} {:>10} {:>12} {:>10} {:>10} {:>14}\n",
         "workload", "backend", "warmup s", "median s", "ratio", "peak MB", "throughput"
     );
     for t in all {
@@ -229,7 +231,7 @@ pub fn table(all: &[Timing]) -> String {
             .map(|b| b.median_s)
             .unwrap_or(t.median_s);
         s += &format!(
-            "{:<12} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>9.0} {}\n",
+            "{:<18} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>9.0} {}\n",
             t.workload,
             t.backend,
             t.warmup_s,
@@ -274,6 +276,8 @@ fn geometry<B: AutodiffBackend>(
         .collect();
     let mut sink = 0.0;
     let (warm, times) = match w {
+        "jv-fnn" => time_it(repeats, || sink += ops.jvp(&v)[0]),
+        "jv-double-vjp-fnn" => time_it(repeats, || sink += ops.jvp_double_vjp(&v)[0]),
         "gv-fnn" => time_it(repeats, || sink += ops.gv(&v)[0]),
         "hv-fnn" => time_it(repeats, || sink += ops.hv(&v)[0]),
         "lanczos-fnn" => time_it(repeats, || {
