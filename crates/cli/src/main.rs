@@ -157,7 +157,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,
         /// Workloads (default: all): train-fnn, train-cnn, jv-fnn, jv-double-vjp-fnn, gv-fnn,
-        /// hv-fnn, lanczos-fnn, gram-mu-fnn, alpha-fnn, sgemm.
+        /// hv-fnn, hv-double-backward-fnn, lanczos-fnn, gram-mu-fnn, alpha-fnn, sgemm.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         /// Timed repeats after the warm-up (the median is reported).

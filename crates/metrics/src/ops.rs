@@ -382,8 +382,30 @@ impl<B: Backend> ProbeOps<B> {
         (gv, sv)
     }
 
-    /// Hv, exact by double backward.
+    /// Hv, exact, reverse over forward: with s(θ) = (1/n) Σ_i e_i(θ)·(J_i(θ) v), one
+    /// backward of the forward-mode pass gives ∇s = (1/n) Σ_i [J_iᵀ J_i v + Σ_o e_io ∇²f_io v]
+    /// = Hv. One level of autodiff, no nesting.
     pub fn hv(&self, v: &[f64]) -> Vec<f64> {
+        assert_eq!(v.len(), self.p, "parameter-space vector length");
+        let tangent =
+            Net::<Ad<B>>::build(self.arch.clone(), &mut FlatSource::frozen(&self.device, v))
+                .expect("the architecture was validated when the plain network was built");
+        let mut acc = vec![0.0; self.p];
+        let inv = 1.0 / self.n as f64;
+        for (s, len) in self.chunks() {
+            let x = Tensor::<Ad<B>, 2>::from_inner(self.x.clone().narrow(0, s, len));
+            let y = Tensor::<Ad<B>, 2>::from_inner(self.y.clone().narrow(0, s, len));
+            let (f, jv) = self.net_ad.jvp(x, &tangent);
+            let Some(jv) = jv else { continue };
+            let grads = ((f - y) * jv).sum().mul_scalar(inv).backward();
+            add(&mut acc, &to_host(flat_grad(&self.net_ad, &grads)));
+        }
+        acc
+    }
+
+    /// Hv by double backward through nested autodiff (exact): kept as an independent
+    /// cross-check of [`Self::hv`].
+    pub fn hv_double_backward(&self, v: &[f64]) -> Vec<f64> {
         assert_eq!(v.len(), self.p, "parameter-space vector length");
         let v_ad = to_device::<Ad<B>>(v, &self.device);
         let mut acc = vec![0.0; self.p];

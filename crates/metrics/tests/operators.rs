@@ -43,6 +43,12 @@ fn operators_match_dense_ground_truth() {
             // H's ground truth is itself a finite difference (Richardson, O(h⁶), h = 1e-3),
             // accurate to about 1e-11 here.
             ("Hv", ops.hv(&v), matvec(&truth.h, &v), 1e-9),
+            (
+                "Hv (double backward)",
+                ops.hv_double_backward(&v),
+                matvec(&truth.h, &v),
+                1e-9,
+            ),
         ];
         for (what, got, want, tol) in checks {
             let err = rel(&got, &want);

@@ -55,6 +55,7 @@ pub const WORKLOADS: &[&str] = &[
     "jv-double-vjp-fnn",
     "gv-fnn",
     "hv-fnn",
+    "hv-double-backward-fnn",
     "lanczos-fnn",
     "gram-mu-fnn",
     "alpha-fnn",
@@ -221,7 +222,7 @@ fn loss_sync<B: AutodiffBackend>(m: &Net<B>) -> f64 {
 /// A text table with, per workload, each backend's median and its ratio to the first.
 pub fn table(all: &[Timing]) -> String {
     let mut s = format!(
-        "{:<18} {:<28} {:>10} {:>12} {:>10} {:>10} {:>14}\n",
+        "{:<22} {:<28} {:>10} {:>12} {:>10} {:>10} {:>14}\n",
         "workload", "backend", "warmup s", "median s", "ratio", "peak MB", "throughput"
     );
     for t in all {
@@ -231,7 +232,7 @@ pub fn table(all: &[Timing]) -> String {
             .map(|b| b.median_s)
             .unwrap_or(t.median_s);
         s += &format!(
-            "{:<18} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>9.0} {}\n",
+            "{:<22} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>9.0} {}\n",
             t.workload,
             t.backend,
             t.warmup_s,
@@ -280,6 +281,7 @@ fn geometry<B: AutodiffBackend>(
         "jv-double-vjp-fnn" => time_it(repeats, || sink += ops.jvp_double_vjp(&v)[0]),
         "gv-fnn" => time_it(repeats, || sink += ops.gv(&v)[0]),
         "hv-fnn" => time_it(repeats, || sink += ops.hv(&v)[0]),
+        "hv-double-backward-fnn" => time_it(repeats, || sink += ops.hv_double_backward(&v)[0]),
         "lanczos-fnn" => time_it(repeats, || {
             sink += lanczos(ops.p, &mut |u| ops.gv(u), 10, 30, 0, 1e-4).top[0].value
         }),
