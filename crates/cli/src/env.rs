@@ -16,9 +16,24 @@ pub fn env_info(backend: &str, seed: u64, command: &[String]) -> Value {
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": cpu_model(),
         "hostname": std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
         "started_utc": utc_now(),
     })
+}
+
+/// The CPU's model name (Linux `/proc/cpuinfo`; empty elsewhere): timings from different
+/// machines must not be compared as if they were one.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, without a date-time dependency.
