@@ -22,6 +22,21 @@ pub fn env_info(backend: &str, seed: u64, command: &[String]) -> Value {
     })
 }
 
+/// The code's identity for reusing results: version, git revision, and whether the tree
+/// was dirty at build time.
+pub fn code_identity() -> String {
+    format!(
+        "noisegeom {} {}{}",
+        env!("CARGO_PKG_VERSION"),
+        env!("NOISEGEOM_GIT_REV"),
+        if env!("NOISEGEOM_GIT_DIRTY") == "false" {
+            ""
+        } else {
+            " (dirty)"
+        }
+    )
+}
+
 /// The CPU's model name (Linux `/proc/cpuinfo`; empty elsewhere): timings from different
 /// machines must not be compared as if they were one.
 fn cpu_model() -> String {

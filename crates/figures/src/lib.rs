@@ -40,23 +40,30 @@ pub enum FigureError {
     Io(String),
 }
 
-/// Reads a figure config; with `quick`, the `[quick]` table's keys replace the top-level ones.
-/// Returns the config and its `figure` key, when it has one.
+/// Reads the config of figure `name`; with `quick`, the `[quick]` table's keys replace the
+/// top-level ones. A `figure` key naming another figure is refused before the fields are read
+/// (another figure's config would otherwise fail on its fields).
 pub fn load_config<T: DeserializeOwned>(
     path: &Path,
+    name: &str,
     quick: bool,
-) -> Result<(T, Option<String>), FigureError> {
+) -> Result<T, FigureError> {
     let origin = path.display().to_string();
     let err = |message: String| FigureError::Config {
         path: origin.clone(),
         message,
     };
     let mut table = read_table(path)?;
-    let figure = match table.remove("figure") {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s),
+    match table.remove("figure") {
+        None => {}
+        Some(toml::Value::String(s)) if s == name => {}
+        Some(toml::Value::String(s)) => {
+            return Err(err(format!(
+                "its `figure` key is {s}, not {name}; pass the {name} config"
+            )));
+        }
         Some(_) => return Err(err("`figure` must be a string such as \"fig1\"".into())),
-    };
+    }
     let q = table.remove("quick");
     if quick {
         match q {
@@ -68,10 +75,9 @@ pub fn load_config<T: DeserializeOwned>(
             _ => return Err(err("--quick needs a [quick] table of overrides".into())),
         }
     }
-    let cfg = toml::Value::Table(table)
+    toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| err(e.message().trim().replace('\n', " ")))?;
-    Ok((cfg, figure))
+        .map_err(|e: toml::de::Error| err(e.message().trim().replace('\n', " ")))
 }
 
 /// The `figure` key of a figure config: which figure it describes.

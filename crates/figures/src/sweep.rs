@@ -104,15 +104,17 @@ impl std::str::FromStr for Shard {
 
 /// Where and for what the jobs of one figure run.
 pub struct Sweep<'a, F: Figure> {
-    pub cfg: &'a F::Config,
-    pub quick: bool,
-    pub out: &'a Output,
+    cfg: &'a F::Config,
+    quick: bool,
+    out: &'a Output,
     /// Identity of the code computing the jobs (version, git revision, dirty flag): a job
     /// file written by other code is redone.
-    pub code: String,
+    code: String,
     /// The backend and precision jobs run on: a job file from another backend is redone by
     /// `run_shard` (merge accepts it, and says so).
-    pub backend: String,
+    backend: String,
+    /// The config as JSON: a job is reused only for the identical config.
+    config_key: String,
 }
 
 /// One job's file: what it was computed for, then its result.
@@ -147,7 +149,34 @@ pub enum JobState {
     Missing,
 }
 
-impl<F: Figure> Sweep<'_, F> {
+impl JobState {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Done => "done",
+            JobState::Stale => "stale",
+            JobState::Missing => "missing",
+        }
+    }
+}
+
+impl<'a, F: Figure> Sweep<'a, F> {
+    pub fn new(
+        cfg: &'a F::Config,
+        quick: bool,
+        out: &'a Output,
+        code: String,
+        backend: String,
+    ) -> Self {
+        Sweep {
+            cfg,
+            quick,
+            out,
+            code,
+            backend,
+            config_key: serde_json::to_string(cfg).expect("config serialises"),
+        }
+    }
+
     pub fn jobs_dir(&self) -> PathBuf {
         self.out.dir.join("jobs")
     }
@@ -156,27 +185,28 @@ impl<F: Figure> Sweep<'_, F> {
         self.jobs_dir().join(format!("{id}.toml"))
     }
 
-    fn key(&self) -> String {
-        serde_json::to_string(self.cfg).expect("config serialises")
-    }
-
-    /// Reads a job file if it is whole and belongs to this figure, config, mode and code.
-    fn read_job(&self, id: &str) -> (JobState, Option<JobFile<toml::Value>>) {
-        let Ok(text) = std::fs::read_to_string(self.job_path(id)) else {
-            return (JobState::Missing, None);
-        };
-        let Ok(doc) = toml::from_str::<JobFile<toml::Value>>(&text) else {
-            return (JobState::Stale, None);
-        };
+    /// A job's file if it is whole and belongs to this figure, config, mode and code;
+    /// otherwise why not.
+    fn read_job(&self, id: &str) -> Result<JobFile<toml::Value>, JobState> {
+        let text = std::fs::read_to_string(self.job_path(id)).map_err(|_| JobState::Missing)?;
+        let doc = toml::from_str::<JobFile<toml::Value>>(&text).map_err(|_| JobState::Stale)?;
         let same = doc.figure == F::NAME
             && doc.id == id
             && doc.quick == self.quick
-            && doc.config_key == self.key()
+            && doc.config_key == self.config_key
             && doc.code == self.code;
-        if same {
-            (JobState::Done, Some(doc))
-        } else {
-            (JobState::Stale, None)
+        if same { Ok(doc) } else { Err(JobState::Stale) }
+    }
+
+    /// Deletes every job result (`--fresh`).
+    pub fn clear_jobs(&self) -> Result<(), FigureError> {
+        let dir = self.jobs_dir();
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FigureError::Io(format!(
+                "cannot remove {}: {e}",
+                dir.display()
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -203,8 +233,8 @@ impl<F: Figure> Sweep<'_, F> {
             .plan()?
             .into_iter()
             .map(|j| {
-                let s = self.read_job(&j.id).0;
-                (j, s)
+                let state = self.read_job(&j.id).err().unwrap_or(JobState::Done);
+                (j, state)
             })
             .collect())
     }
@@ -224,8 +254,9 @@ impl<F: Figure> Sweep<'_, F> {
         let mut report = ShardReport::default();
         for (k, &i) in mine.iter().enumerate() {
             let job = &plan[i];
-            if let (JobState::Done, Some(doc)) = self.read_job(&job.id)
-                && doc.backend == self.backend
+            if self
+                .read_job(&job.id)
+                .is_ok_and(|doc| doc.backend == self.backend)
             {
                 report.skipped.push(job.id.clone());
                 continue;
@@ -244,7 +275,7 @@ impl<F: Figure> Sweep<'_, F> {
                 id: job.id.clone(),
                 label: job.label.clone(),
                 quick: self.quick,
-                config_key: self.key(),
+                config_key: self.config_key.clone(),
                 code: self.code.clone(),
                 backend: self.backend.clone(),
                 shard: format!("{}/{}", shard.index, shard.count),
@@ -275,7 +306,7 @@ impl<F: Figure> Sweep<'_, F> {
         let mut missing = Vec::new();
         for job in &plan {
             match self.read_job(&job.id) {
-                (JobState::Done, Some(doc)) => {
+                Ok(doc) => {
                     let part: F::Part = doc.result.try_into().map_err(|e| {
                         FigureError::Io(format!(
                             "{}: unreadable result ({e}); delete it and rerun its shard",
@@ -283,22 +314,9 @@ impl<F: Figure> Sweep<'_, F> {
                         ))
                     })?;
                     parts.push(part);
-                    jobs.push(json!({
-                        "id": job.id,
-                        "shard": doc.shard,
-                        "backend": doc.backend,
-                        "seconds": doc.seconds,
-                    }));
+                    jobs.push((job.id.as_str(), doc.shard, doc.backend, doc.seconds));
                 }
-                (state, _) => missing.push(format!(
-                    "{} ({})",
-                    job.id,
-                    if state == JobState::Stale {
-                        "stale"
-                    } else {
-                        "missing"
-                    }
-                )),
+                Err(state) => missing.push(format!("{} ({})", job.id, state.name())),
             }
         }
         if !missing.is_empty() {
@@ -314,7 +332,7 @@ impl<F: Figure> Sweep<'_, F> {
             )));
         }
         let (results, mut text) = F::merge(self.cfg, parts, self.out)?;
-        let mut backends: Vec<&str> = jobs.iter().filter_map(|j| j["backend"].as_str()).collect();
+        let mut backends: Vec<&str> = jobs.iter().map(|j| j.2.as_str()).collect();
         backends.sort_unstable();
         backends.dedup();
         if backends.len() > 1 {
@@ -325,7 +343,13 @@ impl<F: Figure> Sweep<'_, F> {
             );
         }
         let path = self.out.write(self.cfg, self.quick, &results)?;
-        let job_seconds: f64 = jobs.iter().filter_map(|j| j["seconds"].as_f64()).sum();
+        let job_seconds: f64 = jobs.iter().map(|j| j.3).sum();
+        let jobs: Vec<Value> = jobs
+            .iter()
+            .map(|(id, shard, backend, seconds)| {
+                json!({"id": id, "shard": shard, "backend": backend, "seconds": seconds})
+            })
+            .collect();
         self.out.write_env(&json!({
             "env": env,
             "code": self.code,

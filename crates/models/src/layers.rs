@@ -59,9 +59,14 @@ pub struct Dense<B: Backend> {
 }
 
 impl<B: Backend> Dense<B> {
+    /// `x · Wᵀ`, the linear part (no bias).
+    pub fn linear(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.weight.val().transpose())
+    }
+
     /// `[n, in] → [n, out]`.
     pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
-        let z = x.clone().matmul(self.weight.val().transpose());
+        let z = self.linear(x.clone());
         let z = match &self.bias {
             Some(b) => z + b.val().unsqueeze::<2>(),
             None => z,
@@ -90,16 +95,25 @@ impl<B: Backend> Conv<B> {
         }
     }
 
+    fn conv(&self, x: Tensor<B, 4>, bias: bool) -> Tensor<B, 4> {
+        let g = self.geom();
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().filter(|_| bias).map(|b| b.val()),
+            ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], 1),
+        )
+    }
+
+    /// `conv2d(x, W)`, the linear part (no bias).
+    pub fn linear(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.conv(x, false)
+    }
+
     /// `[n, c_in, h, w] → [n, c_out, h', w']`.
     pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 4>, tap: &mut T) -> Tensor<B, 4> {
-        let g = self.geom();
-        let z = conv2d(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], 1),
-        );
-        tap.conv(&x, z, g, self.bias.is_some())
+        let z = self.conv(x.clone(), true);
+        tap.conv(&x, z, self.geom(), self.bias.is_some())
     }
 }
 
@@ -110,9 +124,14 @@ pub struct Hadamard<B: Backend> {
 }
 
 impl<B: Backend> Hadamard<B> {
+    /// `x ⊙ w`.
+    pub fn linear(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x * self.weight.val().unsqueeze::<2>()
+    }
+
     /// `[n, d] → [n, d]`.
     pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
-        let z = x.clone() * self.weight.val().unsqueeze::<2>();
+        let z = self.linear(x.clone());
         tap.hadamard(&x, z)
     }
 }

@@ -61,15 +61,15 @@ impl Activation {
                 let off = z.clone().lower_equal_elem(0.0);
                 (relu(z), Some(dz.mask_fill(off, 0.0)))
             }
-            Activation::Tanh | Activation::Smooth => {
+            Activation::Tanh => {
+                let t = tanh(z);
+                let slope = t.clone().powi_scalar(2).neg().add_scalar(1.0);
+                (t, Some(dz * slope))
+            }
+            Activation::Smooth => {
                 let t = tanh(z.clone());
-                let mut slope = t.clone().powi_scalar(2).neg().add_scalar(1.0);
-                let mut out = t;
-                if self == Activation::Smooth {
-                    slope = slope.add_scalar(0.1);
-                    out = out + z.mul_scalar(0.1);
-                }
-                (out, Some(dz * slope))
+                let slope = t.clone().powi_scalar(2).neg().add_scalar(1.1);
+                (t + z.mul_scalar(0.1), Some(dz * slope))
             }
         }
     }

@@ -3,9 +3,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
-
 use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap};
 use crate::params::{ParamInit, ParamSource, Role};
 use crate::{Activation, ModelError};
@@ -164,6 +161,18 @@ fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
     })
 }
 
+/// `[n, c, h, w] → [n, c]`, the mean over positions (reshape + mean, so it nests).
+fn global_avg_pool<B: Backend>(a: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, c, h, w] = a.dims();
+    a.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
+
+/// The `[in, out]` matrix that a fixed dense stage multiplies by (`weights` is `[out, in]`).
+fn fixed_weight<B: Backend>(out: usize, weights: &[f32], device: &B::Device) -> Tensor<B, 2> {
+    let d = weights.len() / out;
+    Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [out, d]), device).transpose()
+}
+
 /// A sequential network over backend `B`: the trained layers plus the architecture.
 #[derive(Module, Debug)]
 pub struct Net<B: Backend> {
@@ -256,18 +265,11 @@ impl<B: Backend> Net<B> {
                 (Stage::Act { activation }, Value::Flat(a)) => Value::Flat(activation.apply(a)),
                 (Stage::Act { activation }, Value::Image(a)) => Value::Image(activation.apply(a)),
                 (Stage::Flatten, Value::Image(a)) => Value::Flat(a.flatten(1, 3)),
-                (Stage::GlobalAvgPool, Value::Image(a)) => {
-                    let [n, c, h, w] = a.dims();
-                    Value::Flat(a.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
-                }
+                (Stage::GlobalAvgPool, Value::Image(a)) => Value::Flat(global_avg_pool(a)),
                 (Stage::SumFeatures, Value::Flat(a)) => Value::Flat(a.sum_dim(1)),
                 (Stage::FixedDense { out, weights }, Value::Flat(a)) => {
-                    let d = weights.len() / out;
-                    let w = Tensor::<B, 2>::from_data(
-                        TensorData::new(weights.clone(), [*out, d]),
-                        &a.device(),
-                    );
-                    Value::Flat(a.matmul(w.transpose()))
+                    let w = fixed_weight(*out, weights, &a.device());
+                    Value::Flat(a.matmul(w))
                 }
                 _ => unreachable!("validated at construction"),
             };
@@ -300,7 +302,7 @@ impl<B: Backend> Net<B> {
                         let z = l.forward(a.clone(), &mut NoTap);
                         let dz = t.forward(a, &mut NoTap);
                         let dz = match da {
-                            Some(da) => dz + da.matmul(l.weight.val().transpose()),
+                            Some(da) => dz + l.linear(da),
                             None => dz,
                         };
                         Dual::Flat(z, Some(dz))
@@ -313,15 +315,7 @@ impl<B: Backend> Net<B> {
                         let z = l.forward(a.clone(), &mut NoTap);
                         let dz = t.forward(a, &mut NoTap);
                         let dz = match da {
-                            Some(da) => {
-                                let g = l.geom();
-                                dz + conv2d(
-                                    da,
-                                    l.weight.val(),
-                                    None,
-                                    ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], 1),
-                                )
-                            }
+                            Some(da) => dz + l.linear(da),
                             None => dz,
                         };
                         Dual::Image(z, Some(dz))
@@ -333,7 +327,7 @@ impl<B: Backend> Net<B> {
                         let z = l.forward(a.clone(), &mut NoTap);
                         let dz = t.forward(a, &mut NoTap);
                         let dz = match da {
-                            Some(da) => dz + da * l.weight.val().unsqueeze::<2>(),
+                            Some(da) => dz + l.linear(da),
                             None => dz,
                         };
                         Dual::Flat(z, Some(dz))
@@ -352,21 +346,13 @@ impl<B: Backend> Net<B> {
                     Dual::Flat(a.flatten(1, 3), da.map(|d| d.flatten(1, 3)))
                 }
                 (Stage::GlobalAvgPool, Dual::Image(a, da)) => {
-                    let [n, c, h, w] = a.dims();
-                    let pool =
-                        |t: Tensor<B, 4>| t.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
-                    Dual::Flat(pool(a), da.map(pool))
+                    Dual::Flat(global_avg_pool(a), da.map(global_avg_pool))
                 }
                 (Stage::SumFeatures, Dual::Flat(a, da)) => {
                     Dual::Flat(a.sum_dim(1), da.map(|d| d.sum_dim(1)))
                 }
                 (Stage::FixedDense { out, weights }, Dual::Flat(a, da)) => {
-                    let d = weights.len() / out;
-                    let w = Tensor::<B, 2>::from_data(
-                        TensorData::new(weights.clone(), [*out, d]),
-                        &a.device(),
-                    )
-                    .transpose();
+                    let w = fixed_weight(*out, weights, &a.device());
                     Dual::Flat(a.matmul(w.clone()), da.map(|d| d.matmul(w)))
                 }
                 _ => unreachable!("validated at construction"),

@@ -10,7 +10,7 @@ use noisegeom_figures::sweep::{Figure, JobState, Shard, Sweep};
 use noisegeom_figures::{Output, fig1, fig2a, fig3, fig4, figure_of, load_config};
 
 use crate::backend::Job;
-use crate::env::env_info;
+use crate::env::{code_identity, env_info};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FigureName {
@@ -112,16 +112,7 @@ impl FigureJob {
         device: &B::Device,
         backend: &str,
     ) -> anyhow::Result<String> {
-        // The figure key first: another figure's config would fail on its fields.
-        if let Some(n) = figure_of(&self.config).ok().filter(|n| n != F::NAME) {
-            anyhow::bail!(
-                "figure config {}: its `figure` key is {n}, not {}; pass the {} config",
-                self.config.display(),
-                F::NAME,
-                F::NAME
-            );
-        }
-        let (mut cfg, _): (F::Config, _) = load_config(&self.config, self.target.quick)?;
+        let mut cfg: F::Config = load_config(&self.config, F::NAME, self.target.quick)?;
         if let Some(r) = self.target.runs {
             F::set_runs(&mut cfg, r)?;
         }
@@ -136,22 +127,13 @@ impl FigureJob {
             dir,
             name: F::NAME.to_string(),
         };
-        let sweep = Sweep::<F> {
-            cfg: &cfg,
-            quick: self.target.quick,
-            out: &out,
-            code: format!(
-                "noisegeom {} {}{}",
-                env!("CARGO_PKG_VERSION"),
-                env!("NOISEGEOM_GIT_REV"),
-                if env!("NOISEGEOM_GIT_DIRTY") == "false" {
-                    ""
-                } else {
-                    " (dirty)"
-                }
-            ),
-            backend: backend.to_string(),
-        };
+        let sweep = Sweep::<F>::new(
+            &cfg,
+            self.target.quick,
+            &out,
+            code_identity(),
+            backend.to_string(),
+        );
         let mut progress = |s: &str| tracing::info!("{}: {s}", F::NAME);
         let env = || env_info(backend, 0, &std::env::args().collect::<Vec<_>>());
         match self.action {
@@ -172,7 +154,7 @@ impl FigureJob {
                     text += &format!(
                         "  {i:>5} {:>5}  {:<8} {:<20} {}\n",
                         i % shards.max(1),
-                        format!("{state:?}").to_lowercase(),
+                        state.name(),
                         job.id,
                         job.label
                     );
@@ -194,8 +176,8 @@ impl FigureJob {
             }
             Action::Merge => Ok(plots_line(&out, sweep.merge(env())?.1)),
             Action::All { fresh } => {
-                if fresh && sweep.jobs_dir().exists() {
-                    std::fs::remove_dir_all(sweep.jobs_dir())?;
+                if fresh {
+                    sweep.clear_jobs()?;
                 }
                 let r = sweep.run_shard::<B::InnerBackend>(Shard::ALL, device, &mut progress)?;
                 let mut text = plots_line(&out, sweep.merge(env())?.1);
