@@ -69,6 +69,61 @@ pub enum ModelConfig {
         #[serde(default)]
         init: InitScheme,
     },
+    /// VGG-style net without BatchNorm: one block per entry of `channels`, each
+    /// `convs_per_block` 3×3 convs (padding 1) followed by the activation. Blocks after the
+    /// first open with a stride-2 conv, which replaces VGG's max-pooling (burn's pooling
+    /// backward cannot be differentiated twice, and every model here is). Then `head`, the
+    /// `hidden` dense layers with the activation, and an affine readout.
+    Vgg {
+        #[serde(default = "vgg_channels")]
+        channels: Vec<usize>,
+        #[serde(default = "two")]
+        convs_per_block: usize,
+        #[serde(default)]
+        hidden: Vec<usize>,
+        #[serde(default = "relu")]
+        activation: Activation,
+        #[serde(default = "avg_pool")]
+        head: Head,
+        #[serde(default = "yes")]
+        bias: bool,
+        #[serde(default)]
+        init: InitScheme,
+    },
+    /// ResNet-style net without BatchNorm: a 3×3 stem conv to `channels[0]`; then per stage
+    /// (one per entry of `channels`) a stride-2 3×3 conv to that width (not for the first),
+    /// and `blocks` residual blocks x ↦ σ(x + conv(σ(conv(x)))) with identity shortcuts; then
+    /// `head` and an affine readout.
+    Resnet {
+        #[serde(default = "resnet_channels")]
+        channels: Vec<usize>,
+        #[serde(default = "one")]
+        blocks: usize,
+        #[serde(default = "relu")]
+        activation: Activation,
+        #[serde(default = "avg_pool")]
+        head: Head,
+        #[serde(default = "yes")]
+        bias: bool,
+        #[serde(default)]
+        init: InitScheme,
+    },
+}
+
+fn vgg_channels() -> Vec<usize> {
+    vec![32, 64, 128]
+}
+fn resnet_channels() -> Vec<usize> {
+    vec![16, 32, 64]
+}
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn avg_pool() -> Head {
+    Head::AvgPool
 }
 
 fn lecun() -> InitScheme {
@@ -93,6 +148,8 @@ impl ModelConfig {
             ModelConfig::TwoLayer { .. } => "two_layer",
             ModelConfig::Fnn { .. } => "fnn",
             ModelConfig::Cnn { .. } => "cnn",
+            ModelConfig::Vgg { .. } => "vgg",
+            ModelConfig::Resnet { .. } => "resnet",
         }
     }
 
@@ -103,7 +160,9 @@ impl ModelConfig {
             | ModelConfig::Diagonal { init }
             | ModelConfig::TwoLayer { init, .. }
             | ModelConfig::Fnn { init, .. }
-            | ModelConfig::Cnn { init, .. } => *init,
+            | ModelConfig::Cnn { init, .. }
+            | ModelConfig::Vgg { init, .. }
+            | ModelConfig::Resnet { init, .. } => *init,
         }
     }
 
@@ -121,8 +180,17 @@ impl ModelConfig {
         };
         let d: usize = input_shape.iter().product();
         let image_in = input_shape.len() == 3;
+        let convolutional = matches!(
+            self,
+            ModelConfig::Cnn { .. } | ModelConfig::Vgg { .. } | ModelConfig::Resnet { .. }
+        );
+        if convolutional && !image_in {
+            return Err(err(format!(
+                "needs image inputs [c, h, w], but the data are vectors of length {d}"
+            )));
+        }
         let mut stages = Vec::new();
-        if image_in && !matches!(self, ModelConfig::Cnn { .. }) {
+        if image_in && !convolutional {
             stages.push(Stage::Flatten);
         }
         let positive = |name: &str, v: usize| {
@@ -205,35 +273,78 @@ impl ModelConfig {
                 bias,
                 ..
             } => {
-                if !image_in {
-                    return Err(err(format!(
-                        "needs image inputs [c, h, w], but the data are vectors of length {d}"
-                    )));
-                }
                 if channels.is_empty() {
                     return Err(err("needs at least one conv layer in `channels`".into()));
                 }
                 for (i, &c) in channels.iter().enumerate() {
                     positive("every channel count", c)?;
-                    stages.push(Stage::Conv {
-                        out: c,
-                        kernel: 3,
-                        stride: if i == 0 { 1 } else { 2 },
-                        padding: 1,
-                        bias: *bias,
-                    });
-                    stages.push(Stage::Act {
-                        activation: *activation,
-                    });
+                    conv_act(
+                        &mut stages,
+                        c,
+                        if i == 0 { 1 } else { 2 },
+                        *bias,
+                        *activation,
+                    );
                 }
-                stages.push(match head {
-                    Head::Flatten => Stage::Flatten,
-                    Head::AvgPool => Stage::GlobalAvgPool,
-                });
-                stages.push(Stage::Dense {
-                    out: outputs,
-                    bias: *bias,
-                });
+                readout(&mut stages, *head, &[], outputs, *bias, *activation);
+            }
+            ModelConfig::Vgg {
+                channels,
+                convs_per_block,
+                hidden,
+                activation,
+                head,
+                bias,
+                ..
+            } => {
+                if channels.is_empty() {
+                    return Err(err("needs at least one block in `channels`".into()));
+                }
+                positive("convs_per_block", *convs_per_block)?;
+                for (b, &c) in channels.iter().enumerate() {
+                    positive("every channel count", c)?;
+                    for i in 0..*convs_per_block {
+                        let stride = if b > 0 && i == 0 { 2 } else { 1 };
+                        conv_act(&mut stages, c, stride, *bias, *activation);
+                    }
+                }
+                for &w in hidden {
+                    positive("every hidden width", w)?;
+                }
+                readout(&mut stages, *head, hidden, outputs, *bias, *activation);
+            }
+            ModelConfig::Resnet {
+                channels,
+                blocks,
+                activation,
+                head,
+                bias,
+                ..
+            } => {
+                if channels.is_empty() {
+                    return Err(err("needs at least one stage in `channels`".into()));
+                }
+                for (s, &c) in channels.iter().enumerate() {
+                    positive("every channel count", c)?;
+                    // The stem (stride 1), or the stride-2 conv that opens a stage.
+                    conv_act(
+                        &mut stages,
+                        c,
+                        if s == 0 { 1 } else { 2 },
+                        *bias,
+                        *activation,
+                    );
+                    for _ in 0..*blocks {
+                        stages.push(Stage::SaveSkip);
+                        conv_act(&mut stages, c, 1, *bias, *activation);
+                        stages.push(conv3(c, 1, *bias));
+                        stages.push(Stage::AddSkip);
+                        stages.push(Stage::Act {
+                            activation: *activation,
+                        });
+                    }
+                }
+                readout(&mut stages, *head, &[], outputs, *bias, *activation);
             }
         }
         let arch = Arch {
@@ -243,4 +354,48 @@ impl ModelConfig {
         arch.validate()?;
         Ok(arch)
     }
+}
+
+/// A 3×3 conv with padding 1.
+fn conv3(out: usize, stride: usize, bias: bool) -> Stage {
+    Stage::Conv {
+        out,
+        kernel: 3,
+        stride,
+        padding: 1,
+        bias,
+    }
+}
+
+/// A 3×3 conv followed by the activation.
+fn conv_act(
+    stages: &mut Vec<Stage>,
+    out: usize,
+    stride: usize,
+    bias: bool,
+    activation: Activation,
+) {
+    stages.push(conv3(out, stride, bias));
+    stages.push(Stage::Act { activation });
+}
+
+/// The end of a conv net: `head`, the `hidden` dense layers with the activation, and an
+/// affine readout to `outputs`.
+fn readout(
+    stages: &mut Vec<Stage>,
+    head: Head,
+    hidden: &[usize],
+    outputs: usize,
+    bias: bool,
+    activation: Activation,
+) {
+    stages.push(match head {
+        Head::Flatten => Stage::Flatten,
+        Head::AvgPool => Stage::GlobalAvgPool,
+    });
+    for &w in hidden {
+        stages.push(Stage::Dense { out: w, bias });
+        stages.push(Stage::Act { activation });
+    }
+    stages.push(Stage::Dense { out: outputs, bias });
 }

@@ -34,6 +34,11 @@ pub enum Stage {
     /// A fixed (untrained) affine map without bias; `weights` is `[out, in]` row-major.
     /// Not a parameter: it is part of the architecture and exported with it.
     FixedDense { out: usize, weights: Vec<f32> },
+    /// Remembers the running value for a later [`Stage::AddSkip`] (the start of a residual
+    /// block's identity shortcut). Saves nest like brackets.
+    SaveSkip,
+    /// Adds the value remembered by the matching [`Stage::SaveSkip`] (same shape).
+    AddSkip,
 }
 
 /// A network's full description: everything but the trained parameters.
@@ -55,11 +60,33 @@ impl Arch {
     /// Checks that every stage fits the shape before it; returns the output width.
     pub fn validate(&self) -> Result<usize, ModelError> {
         let mut shape = self.input()?;
+        let mut saved = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
-            shape = next_shape(shape, stage).ok_or_else(|| ModelError::Arch {
-                stage: i,
-                problem: format!("{stage:?} cannot follow a value of shape {shape:?}"),
+            let err = |problem: String| ModelError::Arch { stage: i, problem };
+            match stage {
+                Stage::SaveSkip => saved.push(shape),
+                Stage::AddSkip => match saved.pop() {
+                    Some(s) if s == shape => {}
+                    Some(s) => {
+                        return Err(err(format!(
+                            "add_skip adds a value of shape {s:?} to one of shape {shape:?}; a residual block must keep its shape"
+                        )));
+                    }
+                    None => return Err(err("add_skip has no save_skip before it".into())),
+                },
+                _ => {}
+            }
+            shape = next_shape(shape, stage).ok_or_else(|| {
+                err(format!(
+                    "{stage:?} cannot follow a value of shape {shape:?}"
+                ))
             })?;
+        }
+        if !saved.is_empty() {
+            return Err(ModelError::Arch {
+                stage: self.stages.len(),
+                problem: format!("{} save_skip stages have no add_skip", saved.len()),
+            });
         }
         match shape {
             Shape::Flat(c) => Ok(c),
@@ -156,7 +183,7 @@ fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
         ),
         (Stage::Flatten, Image(c, h, w)) => Flat(c * h * w),
         (Stage::GlobalAvgPool, Image(c, _, _)) => Flat(c),
-        (Stage::Act { .. }, s) => s,
+        (Stage::Act { .. } | Stage::SaveSkip | Stage::AddSkip, s) => s,
         _ => return None,
     })
 }
@@ -184,6 +211,26 @@ pub struct Net<B: Backend> {
 enum Value<B: Backend> {
     Flat(Tensor<B, 2>),
     Image(Tensor<B, 4>),
+}
+
+impl<B: Backend> Clone for Value<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Value::Flat(a) => Value::Flat(a.clone()),
+            Value::Image(a) => Value::Image(a.clone()),
+        }
+    }
+}
+
+impl<B: Backend> Value<B> {
+    /// The residual sum `self + skip` (shapes checked by [`Arch::validate`]).
+    fn add(self, skip: Self) -> Self {
+        match (self, skip) {
+            (Value::Flat(a), Value::Flat(b)) => Value::Flat(a + b),
+            (Value::Image(a), Value::Image(b)) => Value::Image(a + b),
+            _ => unreachable!("validated at construction"),
+        }
+    }
 }
 
 impl<B: Backend> Net<B> {
@@ -248,8 +295,14 @@ impl<B: Backend> Net<B> {
             _ => Value::Flat(x),
         };
         let mut layers = self.layers.iter();
+        let mut saved = Vec::new();
         for stage in &self.arch.stages {
             v = match (stage, v) {
+                (Stage::SaveSkip, v) => {
+                    saved.push(v.clone());
+                    v
+                }
+                (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
                 (Stage::Dense { .. }, Value::Flat(a)) => match layers.next() {
                     Some(Layer::Dense(l)) => Value::Flat(l.forward(a, tap)),
                     _ => unreachable!("layers follow stages"),
@@ -294,8 +347,14 @@ impl<B: Backend> Net<B> {
             _ => Dual::Flat(x, None),
         };
         let mut layers = self.layers.iter().zip(&tangent.layers);
+        let mut saved = Vec::new();
         for stage in &self.arch.stages {
             v = match (stage, v) {
+                (Stage::SaveSkip, v) => {
+                    saved.push(v.clone());
+                    v
+                }
+                (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
                 (Stage::Dense { .. }, Dual::Flat(a, da)) => match layers.next() {
                     Some((Layer::Dense(l), Layer::Dense(t))) => {
                         // z = a Wᵀ + b, dz = da Wᵀ + a dWᵀ + db.
@@ -369,4 +428,32 @@ impl<B: Backend> Net<B> {
 enum Dual<B: Backend> {
     Flat(Tensor<B, 2>, Option<Tensor<B, 2>>),
     Image(Tensor<B, 4>, Option<Tensor<B, 4>>),
+}
+
+impl<B: Backend> Clone for Dual<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Dual::Flat(a, d) => Dual::Flat(a.clone(), d.clone()),
+            Dual::Image(a, d) => Dual::Image(a.clone(), d.clone()),
+        }
+    }
+}
+
+/// The sum of two optional tangents (`None` is zero).
+fn add_tangents<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+impl<B: Backend> Dual<B> {
+    /// The residual sum and its tangent.
+    fn add(self, skip: Self) -> Self {
+        match (self, skip) {
+            (Dual::Flat(a, da), Dual::Flat(b, db)) => Dual::Flat(a + b, add_tangents(da, db)),
+            (Dual::Image(a, da), Dual::Image(b, db)) => Dual::Image(a + b, add_tangents(da, db)),
+            _ => unreachable!("validated at construction"),
+        }
+    }
 }

@@ -54,6 +54,16 @@ pub(crate) fn zoo() -> Vec<(ModelConfig, Vec<usize>, usize)> {
             vec![1, 5, 5],
             2,
         ),
+        (
+            "kind = \"vgg\"\nchannels = [2, 3]\nconvs_per_block = 2\nhidden = [4]\nactivation = \"tanh\"",
+            vec![1, 4, 4],
+            3,
+        ),
+        (
+            "kind = \"resnet\"\nchannels = [2, 3]\nblocks = 2",
+            vec![2, 4, 4],
+            2,
+        ),
     ];
     toml_models
         .into_iter()
@@ -309,6 +319,71 @@ fn dense_and_conv_match_hand_computed_values() {
     );
     let y: Vec<f64> = net.forward(x).into_data().iter::<f64>().collect();
     assert_eq!(y, vec![-7.0]);
+}
+
+#[test]
+fn residual_block_adds_its_input() {
+    // x = [1, 2], W = [[1, 1], [0, 2]]: x + relu(W x) = [1 + 3, 2 + 4] = [4, 6], and the
+    // nested block of a second save/add doubles it: 2·[4, 6] = [8, 12].
+    let arch = Arch {
+        input_shape: vec![2],
+        stages: vec![
+            Stage::SaveSkip,
+            Stage::SaveSkip,
+            Stage::Dense {
+                out: 2,
+                bias: false,
+            },
+            Stage::Act {
+                activation: Activation::Relu,
+            },
+            Stage::AddSkip,
+            Stage::SaveSkip,
+            Stage::AddSkip,
+            Stage::AddSkip,
+        ],
+    };
+    // The outer add adds x again: 2·[4, 6] + [1, 2] = [9, 14].
+    let theta = [1., 1., 0., 2.];
+    let net = Net::<F64>::build(arch, &mut FlatSource::new(&dev(), &theta)).unwrap();
+    let x = Tensor::<F64, 2>::from_data(TensorData::new(vec![1.0, 2.0], [1, 2]), &dev());
+    let y: Vec<f64> = net.forward(x).into_data().iter::<f64>().collect();
+    assert_eq!(y, vec![9.0, 14.0]);
+
+    let bad = |stages: Vec<Stage>| {
+        Arch {
+            input_shape: vec![2],
+            stages,
+        }
+        .validate()
+        .unwrap_err()
+        .to_string()
+    };
+    let dense3 = Stage::Dense {
+        out: 3,
+        bias: false,
+    };
+    assert!(bad(vec![Stage::AddSkip]).contains("no save_skip"));
+    assert!(bad(vec![Stage::SaveSkip]).contains("no add_skip"));
+    assert!(bad(vec![Stage::SaveSkip, dense3, Stage::AddSkip]).contains("keep its shape"));
+}
+
+#[test]
+fn vgg_and_resnet_have_the_documented_layers() {
+    // VGG: blocks [32, 64, 128] × 2 convs, avg-pool head: 6 convs + 1 dense.
+    let vgg: ModelConfig = toml::from_str("kind = \"vgg\"").unwrap();
+    let arch = vgg.arch(&[3, 32, 32], 10, 0).unwrap();
+    let shapes: Vec<Vec<usize>> = arch.param_layout().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(shapes.len(), 14);
+    assert_eq!(shapes[2], vec![32, 32, 3, 3]);
+    assert_eq!(shapes[4], vec![64, 32, 3, 3]);
+    assert_eq!(shapes[12], vec![10, 128]);
+    // ResNet: stem + 2 stage convs + 3 blocks × 2 convs + 1 dense = 10 layers.
+    let resnet: ModelConfig = toml::from_str("kind = \"resnet\"").unwrap();
+    let arch = resnet.arch(&[3, 32, 32], 10, 0).unwrap();
+    assert_eq!(arch.param_layout().len(), 20);
+    let err = resnet.arch(&[10], 10, 0).unwrap_err().to_string();
+    assert!(err.contains("image"), "{err}");
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub struct Problem {
 
 /// Every model kind, tiny, with c = 1 and c > 1 (including c = 10).
 pub fn zoo(n: usize) -> Vec<Problem> {
-    let specs: [(&str, Vec<usize>, usize); 10] = [
+    let specs: [(&str, Vec<usize>, usize); 12] = [
         ("kind = \"linear\"\nbias = true", vec![5], 1),
         ("kind = \"linear\"", vec![4], 10),
         ("kind = \"two_layer_linear\"\nwidth = 4", vec![5], 2),
@@ -63,6 +63,16 @@ pub fn zoo(n: usize) -> Vec<Problem> {
             "kind = \"cnn\"\nchannels = [2, 2]\nactivation = \"tanh\"",
             vec![2, 4, 4],
             3,
+        ),
+        (
+            "kind = \"vgg\"\nchannels = [2, 2]\nconvs_per_block = 1\nhidden = [3]\nactivation = \"tanh\"",
+            vec![1, 4, 4],
+            3,
+        ),
+        (
+            "kind = \"resnet\"\nchannels = [2, 2]\nactivation = \"tanh\"",
+            vec![1, 4, 4],
+            2,
         ),
     ];
     specs
