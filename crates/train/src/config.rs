@@ -132,6 +132,10 @@ pub struct TrainSettings {
     #[serde(default)]
     pub loss: LossKind,
     pub batch_size: usize,
+    /// Samples per forward/backward pass: a larger batch is split into micro-batches whose
+    /// gradients are summed, so full-batch GD fits in memory (default: the whole batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
     /// Length of the run in steps; give exactly one of `steps` and `epochs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
@@ -285,6 +289,9 @@ impl ExperimentConfig {
         }
         if t.batch_size == 0 {
             return Err("train.batch_size = 0; it must be at least 1".into());
+        }
+        if t.micro_batch == Some(0) {
+            return Err("train.micro_batch = 0; it must be at least 1 (or remove it)".into());
         }
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(format!(

@@ -68,6 +68,17 @@ impl<B: Backend> Sgd<B> {
         A: AutodiffBackend<InnerBackend = B>,
         M: Module<A>,
     {
+        let flat = flat_grads::<A, M>(&model, grads);
+        self.step_flat(model, &flat, lr)
+    }
+
+    /// The same update from gradients already flattened per parameter tensor (in module
+    /// order; `None` for a parameter without gradient), e.g. accumulated over micro-batches.
+    pub fn step_flat<A, M>(&mut self, model: M, grads: &[Option<Tensor<B, 1>>], lr: f64) -> M
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: Module<A>,
+    {
         if self.config.momentum > 0.0 && self.buffers.is_empty() {
             let mut z = Zeros(Vec::new());
             model.visit(&mut z);
@@ -84,6 +95,33 @@ impl<B: Backend> Sgd<B> {
     }
 }
 
+/// Each parameter tensor's gradient, flattened, in module order.
+pub fn flat_grads<A, M>(model: &M, grads: &A::Gradients) -> Vec<Option<Tensor<A::InnerBackend, 1>>>
+where
+    A: AutodiffBackend,
+    M: Module<A>,
+{
+    struct Collect<'a, A: AutodiffBackend> {
+        grads: &'a A::Gradients,
+        out: Vec<Option<Tensor<A::InnerBackend, 1>>>,
+    }
+    impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            let g = param.val().grad(self.grads);
+            self.out.push(g.map(|g| {
+                let n = g.shape().num_elements();
+                g.reshape([n])
+            }));
+        }
+    }
+    let mut c = Collect::<A> {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut c);
+    c.out
+}
+
 struct Zeros<B: Backend>(Vec<Tensor<B, 1>>);
 
 impl<A: AutodiffBackend> ModuleVisitor<A> for Zeros<A::InnerBackend> {
@@ -95,7 +133,7 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Zeros<A::InnerBackend> {
 }
 
 struct Step<'a, A: AutodiffBackend> {
-    grads: &'a A::Gradients,
+    grads: &'a [Option<Tensor<A::InnerBackend, 1>>],
     lr: f64,
     config: SgdConfig,
     buffers: &'a mut Vec<Tensor<A::InnerBackend, 1>>,
@@ -105,9 +143,11 @@ struct Step<'a, A: AutodiffBackend> {
 impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
         let (id, tensor, mapper) = param.consume();
-        let grad = tensor.grad(self.grads);
         let theta = tensor.inner();
         let shape = theta.shape();
+        let grad = self.grads[self.index]
+            .clone()
+            .map(|g| g.reshape(shape.clone()));
         let c = self.config;
         let updated = match grad {
             None => theta,
