@@ -71,6 +71,21 @@ pub struct Prepared {
 }
 
 impl DataConfig {
+    /// The same subsets and normalisation on another file source (`--dataset`): the keys
+    /// that only synthetic sources take are dropped, and `dir` replaces the folder.
+    pub fn with_source(&self, source: Source, dir: Option<PathBuf>) -> DataConfig {
+        DataConfig {
+            source,
+            dir,
+            n_train: None,
+            n_test: None,
+            image_size: None,
+            channels: None,
+            covariance: None,
+            ..self.clone()
+        }
+    }
+
     /// Checks that only keys meaningful for `source` are set.
     pub fn validate(&self) -> Result<(), String> {
         let synthetic = matches!(self.source, Source::SyntheticImages | Source::Gaussian);

@@ -205,6 +205,7 @@ impl Figure for Fig1 {
         cfg: &Fig1Config,
         index: usize,
         device: &B::Device,
+        _work: &std::path::Path,
     ) -> Result<Fig1Part, FigureError> {
         let models = models(cfg);
         let (setting, mi) = (&cfg.settings[index / models.len()], index % models.len());

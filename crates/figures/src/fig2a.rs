@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::plot::{Panel, Series, save};
 use crate::sweep::{Figure, JobSpec};
-use crate::{FigureError, Output, to_value};
+use crate::{FigureError, Output, loglog_slope as slope, quantile, to_value};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,30 +52,6 @@ pub struct Spectrum {
     pub loglog_slope: f64,
     pub nonzero_cutoff: f64,
     pub dropped: usize,
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn slope(x: &[f64], y: &[f64]) -> f64 {
-    let pts: Vec<(f64, f64)> = x
-        .iter()
-        .zip(y)
-        .filter(|(a, b)| **a > 0.0 && **b > 0.0)
-        .map(|(a, b)| (a.ln(), b.ln()))
-        .collect();
-    let m = pts.len() as f64;
-    let (mx, my) = (
-        pts.iter().map(|p| p.0).sum::<f64>() / m,
-        pts.iter().map(|p| p.1).sum::<f64>() / m,
-    );
-    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    sxy / sxx
 }
 
 fn sample_sizes(cfg: &Fig2aConfig) -> Vec<usize> {
@@ -131,6 +107,7 @@ impl Figure for Fig2a {
         cfg: &Fig2aConfig,
         index: usize,
         device: &B::Device,
+        _work: &std::path::Path,
     ) -> Result<Spectrum, FigureError> {
         let ns = sample_sizes(cfg);
         let (setting, n) = (&cfg.settings[index / ns.len()], ns[index % ns.len()]);

@@ -281,6 +281,7 @@ impl Figure for Fig3 {
         cfg: &Fig3Config,
         index: usize,
         _device: &B::Device,
+        _work: &std::path::Path,
     ) -> Result<RunOutcome, FigureError> {
         let setup = Setup::new(cfg)?;
         Ok(setup.simulate(cfg, index < cfg.runs, index % cfg.runs))

@@ -220,6 +220,7 @@ impl Figure for Fig4 {
         cfg: &Fig4Config,
         index: usize,
         _device: &B::Device,
+        _work: &std::path::Path,
     ) -> Result<Run, FigureError> {
         let toy = Toy::new(cfg)?;
         let runs = sgd_runs(cfg);

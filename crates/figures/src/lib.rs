@@ -5,6 +5,11 @@
 //! - [`fig2a`]: α_k against λ_k over every nonzero eigen-direction of linear models.
 //! - [`fig3`]: escape from a sharp minimum, SGD against GD.
 //! - [`fig4`]: cyclical learning rates on a toy with a valley of minima of varying sharpness.
+//! - [`spectra`]: figures 2b and 5, λ_k and α_k along the top of G for networks on image
+//!   data, at initialisation and after training.
+//! - [`fig6`]: the CNN trained with SGD+CLR, SGD at a constant LR and GD+CLR, with the
+//!   noise geometry followed during training.
+//! - [`networks`]: training inside a figure's job, resumably.
 //! - [`runs`]: training curves of run directories (`noisegeom plot`), and their CSV.
 //! - [`sweep`]: every figure as independent jobs (plan, run a shard, merge), which both
 //!   `noisegeom figure` and `noisegeom sweep` go through.
@@ -16,8 +21,11 @@ pub mod fig1;
 pub mod fig2a;
 pub mod fig3;
 pub mod fig4;
+pub mod fig6;
+pub mod networks;
 pub mod plot;
 pub mod runs;
+pub mod spectra;
 pub mod sweep;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +44,8 @@ pub enum FigureError {
     Data(#[from] noisegeom_data::DataError),
     #[error(transparent)]
     Model(#[from] noisegeom_models::ModelError),
+    #[error(transparent)]
+    Train(#[from] noisegeom_train::TrainError),
     #[error("{0}")]
     Io(String),
 }
@@ -162,4 +172,30 @@ pub fn mean_std(x: &[f64]) -> (f64, f64) {
         0.0
     };
     (m, v.sqrt())
+}
+
+/// The `q`-quantile of sorted values (nearest rank; 0 when empty).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The least-squares slope of ln y on ln x over the points where both are positive.
+pub fn loglog_slope(x: &[f64], y: &[f64]) -> f64 {
+    let pts: Vec<(f64, f64)> = x
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+        .map(|(a, b)| (a.ln(), b.ln()))
+        .collect();
+    let m = pts.len() as f64;
+    let (mx, my) = (
+        pts.iter().map(|p| p.0).sum::<f64>() / m,
+        pts.iter().map(|p| p.1).sum::<f64>() / m,
+    );
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    sxy / sxx
 }

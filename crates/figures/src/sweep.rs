@@ -54,11 +54,27 @@ pub trait Figure {
     /// The jobs, in a fixed order. Checks the config, so a bad one fails before any work.
     fn plan(cfg: &Self::Config) -> Result<Vec<JobSpec>, FigureError>;
 
-    /// Computes job `index` of the plan. Depends on nothing but `cfg` and `index`.
+    /// Sets the dataset (`--dataset`, `--data`); a figure on fixed synthetic data refuses.
+    fn set_data(
+        cfg: &mut Self::Config,
+        source: Option<noisegeom_data::Source>,
+        dir: Option<PathBuf>,
+    ) -> Result<(), FigureError> {
+        let _ = (cfg, source, dir);
+        Err(FigureError::Config {
+            path: Self::NAME.into(),
+            message: "this figure runs on its own synthetic data; drop --dataset and --data".into(),
+        })
+    }
+
+    /// Computes job `index` of the plan. Depends on nothing but `cfg` and `index`. `work`
+    /// is a folder of the figure's output where a job may keep resumable state (the
+    /// training runs of the network figures), so a killed job continues where it stopped.
     fn run_job<B: Backend>(
         cfg: &Self::Config,
         index: usize,
         device: &B::Device,
+        work: &std::path::Path,
     ) -> Result<Self::Part, FigureError>;
 
     /// Combines the jobs' results (in plan order): writes the plots, and returns the
@@ -269,7 +285,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
                 job.label
             ));
             let t0 = Instant::now();
-            let part = F::run_job::<B>(self.cfg, i, device)?;
+            let part = F::run_job::<B>(self.cfg, i, device, &self.out.dir)?;
             let doc = JobFile {
                 figure: F::NAME.to_string(),
                 id: job.id.clone(),

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
+use noisegeom_data::Source;
 use noisegeom_figures::sweep::{Figure, JobState, Shard, Sweep};
-use noisegeom_figures::{Output, fig1, fig2a, fig3, fig4, figure_of, load_config};
+use noisegeom_figures::{Output, fig1, fig2a, fig3, fig4, fig6, figure_of, load_config, spectra};
 
 use crate::backend::Job;
 use crate::env::{code_identity, env_info};
@@ -16,8 +17,11 @@ use crate::env::{code_identity, env_info};
 pub enum FigureName {
     Fig1,
     Fig2a,
+    Fig2b,
     Fig3,
     Fig4,
+    Fig5,
+    Fig6,
 }
 
 impl FigureName {
@@ -27,6 +31,9 @@ impl FigureName {
             FigureName::Fig2a => "fig2a",
             FigureName::Fig3 => "fig3",
             FigureName::Fig4 => "fig4",
+            FigureName::Fig2b => "fig2b",
+            FigureName::Fig5 => "fig5",
+            FigureName::Fig6 => "fig6",
         }
     }
 }
@@ -41,10 +48,42 @@ pub struct Target {
     /// Independent runs per point (overrides the config).
     #[arg(long)]
     pub runs: Option<usize>,
-    /// Output folder (default: results/figures/<figure>[-quick]); job results go to its
-    /// jobs/ subfolder.
+    /// The dataset of a network figure (fig2b, fig5, fig6), replacing the config's.
+    #[arg(long, value_enum)]
+    pub dataset: Option<Dataset>,
+    /// Folder with the dataset files (default: the config's, or Debian's Fashion-MNIST).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Output folder (default: results/figures/<figure>[-<dataset>][-quick]); job results
+    /// go to its jobs/ subfolder, the network figures' training runs to runs/.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+}
+
+/// `--dataset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dataset {
+    Cifar10,
+    FashionMnist,
+    Mnist,
+}
+
+impl Dataset {
+    fn source(self) -> Source {
+        match self {
+            Dataset::Cifar10 => Source::Cifar10,
+            Dataset::FashionMnist => Source::FashionMnist,
+            Dataset::Mnist => Source::Mnist,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dataset::Cifar10 => "cifar10",
+            Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Mnist => "mnist",
+        }
+    }
 }
 
 /// What to do with a figure's jobs.
@@ -95,7 +134,7 @@ impl FigureJob {
         let name = figure_of(&config)?;
         let figure = FigureName::from_str(&name, true).map_err(|_| {
             anyhow::anyhow!(
-                "figure config {}: unknown figure `{name}`; use fig1, fig2a, fig3 or fig4",
+                "figure config {}: unknown figure `{name}`; use fig1, fig2a, fig2b, fig3, fig4, fig5 or fig6",
                 config.display()
             )
         })?;
@@ -116,12 +155,19 @@ impl FigureJob {
         if let Some(r) = self.target.runs {
             F::set_runs(&mut cfg, r)?;
         }
-        let dir = self.target.out.clone().unwrap_or_else(|| {
-            PathBuf::from("results/figures").join(if self.target.quick {
-                format!("{}-quick", F::NAME)
-            } else {
-                F::NAME.to_string()
-            })
+        let t = &self.target;
+        if t.dataset.is_some() || t.data.is_some() {
+            F::set_data(&mut cfg, t.dataset.map(Dataset::source), t.data.clone())?;
+        }
+        let dir = t.out.clone().unwrap_or_else(|| {
+            let mut name = F::NAME.to_string();
+            if let Some(d) = t.dataset {
+                name = format!("{name}-{}", d.name());
+            }
+            if t.quick {
+                name += "-quick";
+            }
+            PathBuf::from("results/figures").join(name)
         });
         let out = Output {
             dir,
@@ -211,6 +257,9 @@ impl Job for FigureJob {
             FigureName::Fig2a => self.go::<fig2a::Fig2a, B>(&device, backend),
             FigureName::Fig3 => self.go::<fig3::Fig3, B>(&device, backend),
             FigureName::Fig4 => self.go::<fig4::Fig4, B>(&device, backend),
+            FigureName::Fig2b => self.go::<spectra::Fig2b, B>(&device, backend),
+            FigureName::Fig5 => self.go::<spectra::Fig5, B>(&device, backend),
+            FigureName::Fig6 => self.go::<fig6::Fig6, B>(&device, backend),
         }
     }
 }

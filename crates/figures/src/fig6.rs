@@ -1,0 +1,349 @@
+//! Figure 6: the CNN trained several ways (by default SGD+CLR, SGD at a constant LR and
+//! GD+CLR, for the same number of epochs), with the noise geometry followed during
+//! training: λ_max(G), Tr G and μ on a fixed probe set, and the test accuracy (SPEC §5).
+//!
+//! One job per training run. Each is an ordinary run directory in `runs/<name>` (resumable,
+//! readable by `noisegeom plot`), trained with the `[probe]` machinery of `noisegeom train`;
+//! the job returns the run's probe and evaluation events, and the merge overlays them
+//! against epochs. GD is full-batch (`batch_size` = the training-set size) and accumulates
+//! its gradient over `micro_batch` samples at a time.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use noisegeom_data::{DataConfig, Source};
+use noisegeom_models::ModelConfig;
+use noisegeom_train::{ExperimentConfig, ProbeSettings, TrainSettings};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::networks::train_in;
+use crate::plot::{Panel, Series, save};
+use crate::runs::RunLog;
+use crate::sweep::{Figure, JobSpec};
+use crate::{FigureError, Output, to_value};
+
+/// One way of training.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fig6Run {
+    /// Short, file-name-safe name (`sgd_clr`…): the job id and run folder.
+    pub name: String,
+    /// Legend text.
+    pub label: String,
+    pub train: TrainSettings,
+    /// Probe every this many steps in this run (default: `probe.every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_every: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fig6Config {
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    /// Noise geometry during training, the same probe set for every run.
+    pub probe: ProbeSettings,
+    pub runs: Vec<Fig6Run>,
+}
+
+/// One probe event of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbePoint {
+    pub step: u64,
+    pub epoch: f64,
+    pub lr: f64,
+    pub loss: f64,
+    pub trace_g: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_max_g: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_max_h: Option<f64>,
+    /// μ and the output-normalised c·μ; absent where undefined (L = 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c_mu: Option<f64>,
+}
+
+/// One evaluation event of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    pub epoch: f64,
+    pub train_mse: f64,
+    pub test_mse: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
+}
+
+/// One training run's curves and end point.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fig6Part {
+    pub name: String,
+    pub label: String,
+    pub batch_size: usize,
+    pub train_samples: usize,
+    pub steps: u64,
+    pub epochs: f64,
+    pub probes: Vec<ProbePoint>,
+    pub evals: Vec<EvalPoint>,
+    pub train_seconds: f64,
+    pub probe_seconds: f64,
+}
+
+impl Fig6Part {
+    fn last_probe(&self) -> Option<&ProbePoint> {
+        self.probes.last()
+    }
+    fn final_accuracy(&self) -> Option<f64> {
+        self.evals.last().and_then(|e| e.test_accuracy)
+    }
+}
+
+/// Figure 6 as jobs: one per training run.
+pub struct Fig6;
+
+fn experiment(cfg: &Fig6Config, run: &Fig6Run) -> ExperimentConfig {
+    let mut probe = cfg.probe.clone();
+    if let Some(every) = run.probe_every {
+        probe.every = every;
+    }
+    ExperimentConfig {
+        seed: cfg.seed,
+        data: cfg.data.clone(),
+        model: cfg.model.clone(),
+        train: run.train.clone(),
+        probe: Some(probe),
+    }
+}
+
+fn bad(path: &str, message: String) -> FigureError {
+    FigureError::Config {
+        path: path.into(),
+        message,
+    }
+}
+
+impl Figure for Fig6 {
+    const NAME: &'static str = "fig6";
+    type Config = Fig6Config;
+    type Part = Fig6Part;
+
+    fn set_data(
+        cfg: &mut Fig6Config,
+        source: Option<Source>,
+        dir: Option<PathBuf>,
+    ) -> Result<(), FigureError> {
+        cfg.data = cfg.data.with_source(source.unwrap_or(cfg.data.source), dir);
+        Ok(())
+    }
+
+    fn plan(cfg: &Fig6Config) -> Result<Vec<JobSpec>, FigureError> {
+        if cfg.runs.is_empty() {
+            return Err(bad("runs", "is empty; add [[runs]] tables".into()));
+        }
+        cfg.runs
+            .iter()
+            .map(|run| {
+                if run.name.is_empty()
+                    || !run
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    return Err(bad(
+                        "runs.name",
+                        format!(
+                            "`{}` must be letters, digits or _ (it names files)",
+                            run.name
+                        ),
+                    ));
+                }
+                experiment(cfg, run)
+                    .validate()
+                    .map_err(|m| bad(&format!("runs `{}`", run.name), m))?;
+                Ok(JobSpec {
+                    id: run.name.clone(),
+                    label: format!("{}: {} ({})", run.name, run.label, cfg.model.kind()),
+                })
+            })
+            .collect()
+    }
+
+    fn run_job<B: Backend>(
+        cfg: &Fig6Config,
+        index: usize,
+        device: &B::Device,
+        work: &Path,
+    ) -> Result<Fig6Part, FigureError> {
+        let run = &cfg.runs[index];
+        let dir = work.join("runs").join(&run.name);
+        let trained = train_in::<B>(&experiment(cfg, run), &dir, device)?;
+        let log = RunLog::read(&dir)?;
+        let data_json = dir.join("data.json");
+        let train_samples = std::fs::read_to_string(&data_json)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["train_samples"].as_u64())
+            .ok_or_else(|| {
+                FigureError::Io(format!(
+                    "{} is missing or unreadable; rerun with --fresh",
+                    data_json.display()
+                ))
+            })? as usize;
+        let batch = run.train.batch_size;
+        let epoch = |step: u64| step as f64 * batch as f64 / train_samples as f64;
+        let num = |v: &Value, key: &str| v[key].as_f64();
+        let probes = log
+            .probes
+            .iter()
+            .map(|p| {
+                let step = p["step"].as_u64().unwrap_or(0);
+                ProbePoint {
+                    step,
+                    epoch: epoch(step),
+                    lr: num(p, "lr").unwrap_or(0.0),
+                    loss: num(p, "loss").unwrap_or(f64::NAN),
+                    trace_g: num(p, "trace_g").unwrap_or(f64::NAN),
+                    lambda_max_g: num(p, "lambda_max_g"),
+                    lambda_max_h: num(p, "lambda_max_h"),
+                    mu: num(p, "mu"),
+                    c_mu: num(p, "c_mu"),
+                }
+            })
+            .collect();
+        let evals = log
+            .evals
+            .iter()
+            .map(|e| {
+                let step = e["step"].as_u64().unwrap_or(0);
+                EvalPoint {
+                    step,
+                    epoch: epoch(step),
+                    train_mse: num(&e["train"], "mse").unwrap_or(f64::NAN),
+                    test_mse: num(&e["test"], "mse").unwrap_or(f64::NAN),
+                    test_accuracy: num(&e["test"], "accuracy"),
+                }
+            })
+            .collect();
+        let s = &trained.summary;
+        Ok(Fig6Part {
+            name: run.name.clone(),
+            label: run.label.clone(),
+            batch_size: batch,
+            train_samples,
+            steps: s.steps,
+            epochs: epoch(s.steps),
+            probes,
+            evals,
+            train_seconds: s.train_seconds,
+            probe_seconds: s.probe_seconds,
+        })
+    }
+
+    fn merge(
+        cfg: &Fig6Config,
+        parts: Vec<Fig6Part>,
+        out: &Output,
+    ) -> Result<(Value, String), FigureError> {
+        type Pick = fn(&ProbePoint) -> Option<f64>;
+        let probe_panel = |title: &str, y: &str, pick: Pick, y_log: bool| Panel {
+            title: title.into(),
+            x_label: "epoch".into(),
+            y_label: y.into(),
+            y_log,
+            series: parts
+                .iter()
+                .map(|p| {
+                    Series::line(
+                        p.label.clone(),
+                        p.probes
+                            .iter()
+                            .filter_map(|q| pick(q).map(|v| (q.epoch, v)))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            ..Panel::default()
+        };
+        let mut panels = vec![
+            probe_panel("sharpness λ_max(G)", "λ_max(G)", |q| q.lambda_max_g, true),
+            probe_panel("Tr G", "Tr G", |q| Some(q.trace_g), true),
+            probe_panel(
+                "loss alignment c·μ (output-normalised)",
+                "c·μ",
+                |q| q.c_mu,
+                false,
+            ),
+        ];
+        panels.push(Panel {
+            title: "test accuracy".into(),
+            x_label: "epoch".into(),
+            y_label: "accuracy".into(),
+            series: parts
+                .iter()
+                .map(|p| {
+                    Series::line(
+                        p.label.clone(),
+                        p.evals
+                            .iter()
+                            .filter_map(|e| e.test_accuracy.map(|a| (e.epoch, a)))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            ..Panel::default()
+        });
+        panels.push(probe_panel(
+            "learning rate at the probes",
+            "η",
+            |q| Some(q.lr),
+            false,
+        ));
+        if parts
+            .iter()
+            .any(|p| p.probes.iter().any(|q| q.lambda_max_h.is_some()))
+        {
+            panels.push(probe_panel(
+                "Hessian sharpness λ_max(H)",
+                "λ_max(H)",
+                |q| q.lambda_max_h,
+                false,
+            ));
+        }
+        save(&out.stem(), &panels, 3, (600, 430))?;
+
+        let mut text = format!(
+            "Figure 6: {} on {}, probes of {} samples; final values\n",
+            cfg.model.kind(),
+            cfg.data.source_name(),
+            cfg.probe.size
+        );
+        let fmt = |v: Option<f64>, prec: usize| {
+            v.map(|x| format!("{x:.prec$}"))
+                .unwrap_or_else(|| "—".into())
+        };
+        for p in &parts {
+            let last = p.last_probe();
+            text += &format!(
+                "  {:<10} {:<28} {:>6.2} epochs, {:>6} steps of batch {:>6}: λ_max(G) {} (start {}), Tr G {}, c·μ {}, test accuracy {}\n",
+                p.name,
+                p.label,
+                p.epochs,
+                p.steps,
+                p.batch_size,
+                fmt(last.and_then(|q| q.lambda_max_g), 3),
+                fmt(p.probes.first().and_then(|q| q.lambda_max_g), 3),
+                fmt(last.map(|q| q.trace_g), 2),
+                fmt(last.and_then(|q| q.c_mu), 3),
+                p.final_accuracy()
+                    .map(|a| format!("{:.2}%", 100.0 * a))
+                    .unwrap_or_else(|| "—".into()),
+            );
+        }
+        text.pop();
+        Ok((to_value(&parts), text))
+    }
+}
