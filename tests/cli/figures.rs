@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::run;
+use crate::support::{assert_one_line_error, run, write_cifar};
 
 /// Keys whose value may be null: optional by design (a model without a width, a run that
 /// did not diverge, no GD run that stayed finite).
@@ -35,14 +35,21 @@ fn assert_well_formed(v: &Value, path: &str) {
 
 /// Runs `figure NAME --quick` into a fresh folder and returns the results document.
 fn quick(name: &str) -> (tempfile::TempDir, Value) {
+    quick_with(name, &[])
+}
+
+/// The same with extra arguments (`--dataset`, `--data`).
+fn quick_with(name: &str, extra: &[&str]) -> (tempfile::TempDir, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&[
+    let mut args = vec![
         "figure",
         name,
         "--quick",
         "--out",
         dir.path().to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -165,4 +172,146 @@ fn fig4_quick() {
             assert!(f(&run["final_sharpness"]) > 0.5 * flattest, "{run}");
         }
     }
+}
+
+/// The checks every part of Figure 2b or 5 must pass: k Ritz pairs per state, λ sorted and
+/// positive, α_k ≥ 0, residuals reported, the trained state trained and the init state not.
+fn check_spectra(doc: &Value, models: &[&str], k: usize, train_steps: u64) {
+    let parts = doc["results"].as_array().unwrap();
+    assert_eq!(parts.len(), 2 * models.len(), "init and trained per model");
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["model"], models[i / 2]);
+        assert_eq!(p["state"], ["init", "trained"][i % 2]);
+        let d = &p["g_directions"];
+        let lam = d["lambda"].as_array().unwrap();
+        assert_eq!(lam.len(), k, "{p}");
+        assert!(lam.windows(2).all(|w| f(&w[0]) >= f(&w[1])), "λ sorted");
+        assert!(f(&lam[k - 1]) > 0.0, "G is PSD and its top is positive");
+        assert!(d["alpha"].as_array().unwrap().iter().all(|a| f(a) >= 0.0));
+        assert_eq!(d["residual"].as_array().unwrap().len(), k);
+        let converged = d["converged"].as_array().unwrap();
+        let n_conv = converged.iter().filter(|c| c.as_bool().unwrap()).count();
+        assert_eq!(p["converged"].as_u64().unwrap() as usize, n_conv);
+        if i % 2 == 0 {
+            assert_eq!(p["steps"], 0);
+            assert!(p.get("test_accuracy").is_none());
+        } else {
+            assert_eq!(p["steps"], train_steps);
+            assert!((0.0..=1.0).contains(&f(&p["test_accuracy"])));
+            assert_eq!(p["params"], parts[i - 1]["params"]);
+            assert_ne!(p["loss"], parts[i - 1]["loss"], "training moved θ");
+        }
+    }
+}
+
+#[test]
+fn fig2b_quick_reuses_finished_jobs_and_resumes_training_runs() {
+    let (dir, doc) = quick("fig2b");
+    check_spectra(&doc, &["cnn", "fnn"], 6, 16);
+    for m in ["cnn", "fnn"] {
+        let run = dir.path().join("runs").join(m);
+        assert!(
+            run.join("metrics.jsonl").is_file(),
+            "{m}: run directory kept"
+        );
+    }
+    // A lost job file is recomputed; its training run is found finished and resumed, not
+    // redone, and the results file comes out byte-identical.
+    let json = dir.path().join("fig2b.json");
+    let before = std::fs::read(&json).unwrap();
+    std::fs::remove_file(dir.path().join("jobs").join("cnn-trained.toml")).unwrap();
+    let out = run(&[
+        "figure",
+        "fig2b",
+        "--quick",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reused 3 finished jobs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        std::fs::read(&json).unwrap() == before,
+        "the results changed"
+    );
+}
+
+#[test]
+fn fig5_quick_on_official_format_cifar_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_cifar(tmp.path());
+    let (_d, doc) = quick_with(
+        "fig5",
+        &[
+            "--dataset",
+            "cifar10",
+            "--data",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(doc["config"]["data"]["source"], "cifar10");
+    check_spectra(&doc, &["vgg", "resnet"], 6, 16);
+    // VGG [4, 6] × 2 convs on 3×32×32 inputs, avg-pool head, 10 classes:
+    // (3·9·4 + 4) + (4·9·4 + 4) + (4·9·6 + 6) + (6·9·6 + 6) + (6·10 + 10) = 882.
+    assert_eq!(doc["results"][0]["params"], 882);
+}
+
+#[test]
+fn fig6_quick() {
+    let (dir, doc) = quick("fig6");
+    let runs = doc["results"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    // 4 epochs of 128 samples: SGD with batch 32 takes 16 steps, full-batch GD 4.
+    for (r, name, steps) in [(0, "sgd_clr", 16), (1, "sgd_const", 16), (2, "gd_clr", 4)] {
+        let run = &runs[r];
+        assert_eq!(run["name"], name);
+        assert_eq!(run["steps"], steps);
+        assert_eq!(f(&run["epochs"]), 4.0);
+        let probes = run["probes"].as_array().unwrap();
+        assert!(probes.len() >= 3, "{name}: probes at start, phases, end");
+        assert_eq!(probes[0]["step"], 0);
+        assert_eq!(probes.last().unwrap()["step"], steps);
+        for q in probes {
+            assert!(f(&q["lambda_max_g"]) > 0.0 && f(&q["trace_g"]) >= f(&q["lambda_max_g"]));
+        }
+        let evals = run["evals"].as_array().unwrap();
+        assert!((0.0..=1.0).contains(&f(&evals.last().unwrap()["test_accuracy"])));
+        assert!(
+            dir.path()
+                .join("runs")
+                .join(name)
+                .join("summary.json")
+                .is_file()
+        );
+    }
+    // Every run starts from the same θ on the same probe set.
+    let start = |r: usize| f(&runs[r]["probes"][0]["lambda_max_g"]);
+    assert_eq!(start(0), start(1));
+    assert_eq!(start(0), start(2));
+}
+
+#[test]
+fn network_figures_refuse_bad_data_in_one_line() {
+    let out = run(&["figure", "fig1", "--quick", "--dataset", "cifar10"]);
+    assert_one_line_error(&out, &["synthetic data", "--dataset"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "figure",
+        "fig2b",
+        "--quick",
+        "--dataset",
+        "cifar10",
+        "--data",
+        tmp.path().join("nowhere").to_str().unwrap(),
+        "--out",
+        tmp.path().join("out").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["nowhere"]);
 }

@@ -174,15 +174,16 @@ enum Command {
     },
 }
 
-/// Where the figures run: f64 on the CPU by default, since the synthetic figures are small.
+/// Where the figures run: on the CPU by default, in f64 for the synthetic figures (they are
+/// small) and in f32 for the network figures (2b, 5, 6), which train networks.
 #[derive(clap::Args, Debug, Clone)]
 struct FigureCompute {
     /// Where to run.
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendKind,
-    /// Precision.
-    #[arg(long, value_enum, default_value = "f64")]
-    precision: Precision,
+    /// Precision (default: f64 for fig1–fig4, f32 for fig2b, fig5 and fig6).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             compute,
         } => dispatch(
             compute.backend,
-            compute.precision,
+            compute.precision.unwrap_or(figure.default_precision()),
             cmd::figure::FigureJob::figure(figure, config, target, fresh)?,
         ),
         Command::Sweep { step } => {
@@ -352,8 +353,9 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                     (FigureJob::sweep(config, target, Action::Merge)?, None)
                 }
             };
-            let (backend, precision) = compute.map_or((BackendKind::Cpu, Precision::F64), |c| {
-                (c.backend, c.precision)
+            let default = job.figure.default_precision();
+            let (backend, precision) = compute.map_or((BackendKind::Cpu, default), |c| {
+                (c.backend, c.precision.unwrap_or(default))
             });
             dispatch(backend, precision, job)
         }

@@ -78,7 +78,7 @@ pub struct EvalPoint {
     pub test_accuracy: Option<f64>,
 }
 
-/// One training run's curves and end point.
+/// One training run's curves and end point (its timings are in the run's summary.json).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fig6Part {
     pub name: String,
@@ -89,8 +89,6 @@ pub struct Fig6Part {
     pub epochs: f64,
     pub probes: Vec<ProbePoint>,
     pub evals: Vec<EvalPoint>,
-    pub train_seconds: f64,
-    pub probe_seconds: f64,
 }
 
 impl Fig6Part {
@@ -238,8 +236,6 @@ impl Figure for Fig6 {
             epochs: epoch(s.steps),
             probes,
             evals,
-            train_seconds: s.train_seconds,
-            probe_seconds: s.probe_seconds,
         })
     }
 

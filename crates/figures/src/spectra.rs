@@ -115,8 +115,6 @@ pub struct SpectraPart {
     pub g_p90: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loglog_slope: Option<f64>,
-    pub train_seconds: f64,
-    pub measure_seconds: f64,
 }
 
 /// Which figure a [`Spectra`] is.
@@ -244,7 +242,6 @@ impl<K: SpectraKind> Figure for Spectra<K> {
             prepared.train.num_outputs(),
             cfg.seed,
         )?;
-        let t0 = std::time::Instant::now();
         let (theta, steps, test_accuracy) = if state == "trained" {
             let run = train_in::<B>(&exp, &work.join("runs").join(&m.name), device)?;
             let acc = run.summary.final_eval.test.accuracy;
@@ -257,8 +254,6 @@ impl<K: SpectraKind> Figure for Spectra<K> {
             )?;
             (flatten(&net), 0, None)
         };
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let t1 = std::time::Instant::now();
         let (probe, _, _) = prepared
             .train
             .probe_subset(cfg.probe_size, cfg.probe_seed)?;
@@ -312,8 +307,6 @@ impl<K: SpectraKind> Figure for Spectra<K> {
             loglog_slope: slope.is_finite().then_some(slope),
             g_directions: g_dir,
             h_directions: meas.top_h.as_ref().map(directions),
-            train_seconds,
-            measure_seconds: t1.elapsed().as_secs_f64(),
         })
     }
 

@@ -25,6 +25,16 @@ pub enum FigureName {
 }
 
 impl FigureName {
+    /// f64 for the small synthetic figures, f32 for the ones that train networks.
+    pub fn default_precision(self) -> crate::backend::Precision {
+        match self {
+            FigureName::Fig2b | FigureName::Fig5 | FigureName::Fig6 => {
+                crate::backend::Precision::F32
+            }
+            _ => crate::backend::Precision::F64,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FigureName::Fig1 => "fig1",
