@@ -266,8 +266,9 @@ fn fig5_quick_on_official_format_cifar_files() {
 #[test]
 fn fig6_quick() {
     let (dir, doc) = quick("fig6");
-    let runs = doc["results"].as_array().unwrap();
+    let runs = doc["results"]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3);
+    let summary = doc["results"]["summary"].as_array().unwrap();
     // 4 epochs of 128 samples: SGD with batch 32 takes 16 steps, full-batch GD 4.
     for (r, name, steps) in [(0, "sgd_clr", 16), (1, "sgd_const", 16), (2, "gd_clr", 4)] {
         let run = &runs[r];
@@ -289,6 +290,17 @@ fn fig6_quick() {
                 .join(name)
                 .join("summary.json")
                 .is_file()
+        );
+    }
+    for (r, s) in runs.iter().zip(summary) {
+        let last = r["probes"].as_array().unwrap().last().unwrap();
+        assert_eq!(s["lambda_max_g_final"], last["lambda_max_g"]);
+        let late = |k: &str| f(&s[k]);
+        assert!(late("lambda_max_g_late_min") <= late("lambda_max_g_late_median"));
+        assert!(late("lambda_max_g_late_median") <= late("lambda_max_g_late_max"));
+        assert_eq!(
+            s["test_accuracy_final"],
+            r["evals"].as_array().unwrap().last().unwrap()["test_accuracy"]
         );
     }
     // Every run starts from the same θ on the same probe set.

@@ -21,7 +21,7 @@ use crate::networks::train_in;
 use crate::plot::{Panel, Series, save};
 use crate::runs::RunLog;
 use crate::sweep::{Figure, JobSpec};
-use crate::{FigureError, Output, to_value};
+use crate::{FigureError, Output, quantile};
 
 /// One way of training.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,12 +91,49 @@ pub struct Fig6Part {
     pub evals: Vec<EvalPoint>,
 }
 
+/// A run's end point. The final probe alone can mislead when λ_max(G) oscillates with the
+/// learning rate (GD at a large η_max), so the median and range over the second half of
+/// training are reported too.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub name: String,
+    pub label: String,
+    pub lambda_max_g_start: Option<f64>,
+    pub lambda_max_g_final: Option<f64>,
+    /// Over the probes in the second half of training (epoch ≥ epochs / 2).
+    pub lambda_max_g_late_median: Option<f64>,
+    pub lambda_max_g_late_min: Option<f64>,
+    pub lambda_max_g_late_max: Option<f64>,
+    pub trace_g_final: Option<f64>,
+    pub c_mu_final: Option<f64>,
+    pub test_accuracy_final: Option<f64>,
+    pub test_accuracy_best: Option<f64>,
+}
+
 impl Fig6Part {
-    fn last_probe(&self) -> Option<&ProbePoint> {
-        self.probes.last()
-    }
-    fn final_accuracy(&self) -> Option<f64> {
-        self.evals.last().and_then(|e| e.test_accuracy)
+    fn summary(&self) -> RunSummary {
+        let last = self.probes.last();
+        let mut late: Vec<f64> = self
+            .probes
+            .iter()
+            .filter(|q| q.epoch >= self.epochs / 2.0)
+            .filter_map(|q| q.lambda_max_g)
+            .collect();
+        late.sort_by(f64::total_cmp);
+        let acc: Vec<f64> = self.evals.iter().filter_map(|e| e.test_accuracy).collect();
+        RunSummary {
+            name: self.name.clone(),
+            label: self.label.clone(),
+            lambda_max_g_start: self.probes.first().and_then(|q| q.lambda_max_g),
+            lambda_max_g_final: last.and_then(|q| q.lambda_max_g),
+            lambda_max_g_late_median: (!late.is_empty()).then(|| quantile(&late, 0.5)),
+            lambda_max_g_late_min: late.first().copied(),
+            lambda_max_g_late_max: late.last().copied(),
+            trace_g_final: last.map(|q| q.trace_g),
+            c_mu_final: last.and_then(|q| q.c_mu),
+            test_accuracy_final: acc.last().copied(),
+            test_accuracy_best: acc.iter().copied().reduce(f64::max),
+        }
     }
 }
 
@@ -321,25 +358,32 @@ impl Figure for Fig6 {
             v.map(|x| format!("{x:.prec$}"))
                 .unwrap_or_else(|| "—".into())
         };
-        for p in &parts {
-            let last = p.last_probe();
+        let pct = |v: Option<f64>| {
+            v.map(|a| format!("{:.2}%", 100.0 * a))
+                .unwrap_or_else(|| "—".into())
+        };
+        let summaries: Vec<RunSummary> = parts.iter().map(Fig6Part::summary).collect();
+        for (p, s) in parts.iter().zip(&summaries) {
             text += &format!(
-                "  {:<10} {:<28} {:>6.2} epochs, {:>6} steps of batch {:>6}: λ_max(G) {} (start {}), Tr G {}, c·μ {}, test accuracy {}\n",
+                "  {:<10} {:<24} {:>5.1} epochs, {:>5} steps of batch {:>5}: λ_max(G) {} → {} (second half: median {}, range {}–{}), Tr G {}, c·μ {}, test accuracy {} (best {})\n",
                 p.name,
                 p.label,
                 p.epochs,
                 p.steps,
                 p.batch_size,
-                fmt(last.and_then(|q| q.lambda_max_g), 3),
-                fmt(p.probes.first().and_then(|q| q.lambda_max_g), 3),
-                fmt(last.map(|q| q.trace_g), 2),
-                fmt(last.and_then(|q| q.c_mu), 3),
-                p.final_accuracy()
-                    .map(|a| format!("{:.2}%", 100.0 * a))
-                    .unwrap_or_else(|| "—".into()),
+                fmt(s.lambda_max_g_start, 2),
+                fmt(s.lambda_max_g_final, 2),
+                fmt(s.lambda_max_g_late_median, 2),
+                fmt(s.lambda_max_g_late_min, 2),
+                fmt(s.lambda_max_g_late_max, 2),
+                fmt(s.trace_g_final, 1),
+                fmt(s.c_mu_final, 3),
+                pct(s.test_accuracy_final),
+                pct(s.test_accuracy_best),
             );
         }
         text.pop();
-        Ok((to_value(&parts), text))
+        let results = serde_json::json!({"summary": summaries, "runs": parts});
+        Ok((results, text))
     }
 }
