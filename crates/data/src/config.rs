@@ -71,11 +71,12 @@ pub struct Prepared {
 }
 
 impl DataConfig {
-    /// The same subsets and normalisation on another file source (`--dataset`): the keys
-    /// that only synthetic sources take are dropped, and `dir` replaces the folder.
-    pub fn with_source(&self, source: Source, dir: Option<PathBuf>) -> DataConfig {
+    /// The same subsets and normalisation on another file source (`--dataset`; `None` keeps
+    /// this one): the keys that only synthetic sources take are dropped, and `dir` replaces
+    /// the folder.
+    pub fn with_source(&self, source: Option<Source>, dir: Option<PathBuf>) -> DataConfig {
         DataConfig {
-            source,
+            source: source.unwrap_or(self.source),
             dir,
             n_train: None,
             n_test: None,

@@ -15,7 +15,7 @@ use noisegeom_models::{InitScheme, ModelConfig, Net, RandomInit, flatten};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plot::{Panel, Series, save};
+use crate::plot::{Panel, Series, by_rank, save};
 use crate::sweep::{Figure, JobSpec};
 use crate::{FigureError, Output, loglog_slope as slope, quantile, to_value};
 
@@ -167,14 +167,11 @@ impl Figure for Fig2a {
             let mine: Vec<&Spectrum> = spectra.iter().filter(|s| &s.setting == setting).collect();
             let mut series = Vec::new();
             for s in &mine {
-                let k = |v: &[f64]| {
-                    v.iter()
-                        .enumerate()
-                        .map(|(i, x)| ((i + 1) as f64, *x))
-                        .collect()
-                };
-                series.push(Series::line(format!("λ_k, n = {}", s.n), k(&s.lambda)));
-                series.push(Series::line(format!("α_k, n = {}", s.n), k(&s.alpha)));
+                series.push(Series::line(
+                    format!("λ_k, n = {}", s.n),
+                    by_rank(&s.lambda),
+                ));
+                series.push(Series::line(format!("α_k, n = {}", s.n), by_rank(&s.alpha)));
             }
             panels.push(Panel {
                 title: format!("{setting} data, d = {d}: curvature and noise energy"),

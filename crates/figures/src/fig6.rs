@@ -17,7 +17,7 @@ use noisegeom_train::{ExperimentConfig, ProbeSettings, TrainSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::networks::train_in;
+use crate::networks::{check_run, train_in};
 use crate::plot::{Panel, Series, save};
 use crate::runs::RunLog;
 use crate::sweep::{Figure, JobSpec};
@@ -154,13 +154,6 @@ fn experiment(cfg: &Fig6Config, run: &Fig6Run) -> ExperimentConfig {
     }
 }
 
-fn bad(path: &str, message: String) -> FigureError {
-    FigureError::Config {
-        path: path.into(),
-        message,
-    }
-}
-
 impl Figure for Fig6 {
     const NAME: &'static str = "fig6";
     type Config = Fig6Config;
@@ -171,34 +164,21 @@ impl Figure for Fig6 {
         source: Option<Source>,
         dir: Option<PathBuf>,
     ) -> Result<(), FigureError> {
-        cfg.data = cfg.data.with_source(source.unwrap_or(cfg.data.source), dir);
+        cfg.data = cfg.data.with_source(source, dir);
         Ok(())
     }
 
     fn plan(cfg: &Fig6Config) -> Result<Vec<JobSpec>, FigureError> {
         if cfg.runs.is_empty() {
-            return Err(bad("runs", "is empty; add [[runs]] tables".into()));
+            return Err(FigureError::Config {
+                path: "runs".into(),
+                message: "is empty; add [[runs]] tables".into(),
+            });
         }
         cfg.runs
             .iter()
             .map(|run| {
-                if run.name.is_empty()
-                    || !run
-                        .name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
-                    return Err(bad(
-                        "runs.name",
-                        format!(
-                            "`{}` must be letters, digits or _ (it names files)",
-                            run.name
-                        ),
-                    ));
-                }
-                experiment(cfg, run)
-                    .validate()
-                    .map_err(|m| bad(&format!("runs `{}`", run.name), m))?;
+                check_run("runs", &run.name, &experiment(cfg, run))?;
                 Ok(JobSpec {
                     id: run.name.clone(),
                     label: format!("{}: {} ({})", run.name, run.label, cfg.model.kind()),

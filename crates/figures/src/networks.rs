@@ -13,6 +13,20 @@ use serde_json::json;
 
 use crate::FigureError;
 
+/// Checks one training run of a network figure before any work: its `name` (under the
+/// config list `list`) names files, and its experiment config must validate.
+pub fn check_run(list: &str, name: &str, exp: &ExperimentConfig) -> Result<(), FigureError> {
+    let bad = |path: String, message: String| FigureError::Config { path, message };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad(
+            format!("{list}.name"),
+            format!("`{name}` must be letters, digits or _ (it names files)"),
+        ));
+    }
+    exp.validate()
+        .map_err(|message| bad(format!("{list} `{name}`"), message))
+}
+
 /// A finished training run: its summary and final parameters.
 pub struct Trained {
     pub summary: Summary,
@@ -28,7 +42,8 @@ pub fn train_in<B: Backend>(
     let recorded = dir.join("config.toml");
     let resume = match ExperimentConfig::from_file(&recorded) {
         Ok(old) if &old == cfg => true,
-        Ok(_) | Err(_) if dir.exists() => {
+        // A run of another config, or a folder that is not a whole run: start over.
+        _ if dir.exists() => {
             std::fs::remove_dir_all(dir).map_err(|e| {
                 FigureError::Io(format!(
                     "cannot replace the stale run {}: {e}",

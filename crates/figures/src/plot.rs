@@ -56,6 +56,15 @@ impl Series {
     }
 }
 
+/// Values against their rank k = 1, 2, … (spectra drawn over k).
+pub fn by_rank(values: &[f64]) -> Vec<(f64, f64)> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i + 1) as f64, *v))
+        .collect()
+}
+
 /// One chart.
 #[derive(Clone, Debug, Default)]
 pub struct Panel {

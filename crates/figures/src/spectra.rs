@@ -29,8 +29,8 @@ use noisegeom_train::{ExperimentConfig, TrainSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::networks::train_in;
-use crate::plot::{Panel, Series, save};
+use crate::networks::{check_run, train_in};
+use crate::plot::{Panel, Series, by_rank, save};
 use crate::sweep::{Figure, JobSpec};
 use crate::{FigureError, Output, loglog_slope, quantile, to_value};
 
@@ -169,7 +169,7 @@ impl<K: SpectraKind> Figure for Spectra<K> {
         source: Option<Source>,
         dir: Option<PathBuf>,
     ) -> Result<(), FigureError> {
-        cfg.data = cfg.data.with_source(source.unwrap_or(cfg.data.source), dir);
+        cfg.data = cfg.data.with_source(source, dir);
         Ok(())
     }
 
@@ -197,20 +197,7 @@ impl<K: SpectraKind> Figure for Spectra<K> {
         }
         let mut jobs = Vec::new();
         for m in &cfg.models {
-            if m.name.is_empty()
-                || !m
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(config_err(
-                    "models.name",
-                    format!("`{}` must be letters, digits or _ (it names files)", m.name),
-                ));
-            }
-            experiment(cfg, m)
-                .validate()
-                .map_err(|message| config_err(&format!("models `{}`", m.name), message))?;
+            check_run("models", &m.name, &experiment(cfg, m))?;
             for state in STATES {
                 jobs.push(JobSpec {
                     id: format!("{}-{state}", m.name),
@@ -315,12 +302,9 @@ impl<K: SpectraKind> Figure for Spectra<K> {
         parts: Vec<SpectraPart>,
         out: &Output,
     ) -> Result<(Value, String), FigureError> {
+        // Log axes: only positive values are drawn.
         let indexed = |v: &[f64]| -> Vec<(f64, f64)> {
-            v.iter()
-                .enumerate()
-                .filter(|(_, y)| **y > 0.0)
-                .map(|(i, y)| ((i + 1) as f64, *y))
-                .collect()
+            by_rank(v).into_iter().filter(|(_, y)| *y > 0.0).collect()
         };
         let mut panels = Vec::new();
         for m in &cfg.models {
