@@ -1,6 +1,7 @@
 //! Loss alignment μ, the exact nonzero spectrum of G with the noise energy along each
 //! eigen-direction, and directional alignment g(θ, v) (SPEC §2–3).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::gram::Gram;
@@ -36,21 +37,26 @@ pub struct LossAlignment {
 pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
     let (n, c, dim) = (k.n, k.c, k.dim());
     let nf = n as f64;
-    let g_fro2 = k.k.iter().map(|v| v * v).sum::<f64>() / (nf * nf);
     let trace_g = (0..dim).map(|r| k.at(r, r)).sum::<f64>() / nf;
-    // q[(j,o), i] = Σ_o' K[(j,o),(i,o')] e[i,o'].
-    let mut tr_mg = 0.0;
-    let mut ke = vec![0.0; dim];
-    for (r, ke_r) in ke.iter_mut().enumerate() {
-        let row = &k.k[r * dim..(r + 1) * dim];
-        for i in 0..n {
-            let q: f64 = (0..c).map(|o2| row[i * c + o2] * e[i * c + o2]).sum();
-            tr_mg += q * q;
-            *ke_r += q;
-        }
-    }
-    let tr_mg = tr_mg / (nf * nf);
-    let grad_g_grad = ke.iter().map(|v| v * v).sum::<f64>() / (nf * nf * nf);
+    // Per row (j,o) of K: its squared norm, Σ_i q² and (Ke)_(j,o) = Σ_i q, with
+    // q[(j,o), i] = Σ_o' K[(j,o),(i,o')] e[i,o']. Rows in parallel; each row's sums run in a
+    // fixed order, so the result does not depend on the thread count.
+    let per_row: Vec<(f64, f64, f64)> =
+        k.k.par_chunks_exact(dim.max(1))
+            .map(|row| {
+                let fro2 = row.iter().map(|v| v * v).sum::<f64>();
+                let (mut q2, mut ke) = (0.0, 0.0);
+                for (ri, ei) in row.chunks_exact(c).zip(e.chunks_exact(c)) {
+                    let q: f64 = ri.iter().zip(ei).map(|(a, b)| a * b).sum();
+                    q2 += q * q;
+                    ke += q;
+                }
+                (fro2, q2, ke)
+            })
+            .collect();
+    let g_fro2 = per_row.iter().map(|r| r.0).sum::<f64>() / (nf * nf);
+    let tr_mg = per_row.iter().map(|r| r.1).sum::<f64>() / (nf * nf);
+    let grad_g_grad = per_row.iter().map(|r| r.2 * r.2).sum::<f64>() / (nf * nf * nf);
     let tr_sg = tr_mg - grad_g_grad;
     let two_l = e.iter().map(|v| v * v).sum::<f64>() / nf;
     Traces {

@@ -4,7 +4,8 @@
 //! Zero "probe" leaves are added after every parametric layer (`z + probe`). One backward of
 //! Σ_{i,o} f_o(x_i)·[o = copy] over c stacked copies of the batch gives, at every layer, the
 //! signal δ_{i,o} = ∂f_o(x_i)/∂z_i for all samples and outputs at once (samples do not
-//! interact: there is no BatchNorm). Then, per layer:
+//! interact: there is no BatchNorm). The copies are made at the first parametric layer's
+//! output, so the forward up to it runs once. Then, per layer:
 //!
 //! - affine `z = aWᵀ + b`: the per-sample gradient is δ_{i,o} ⊗ [a_i, 1], so its Gram
 //!   contribution is ([a_i,1]·[a_j,1]) (δ_{i,o}·δ_{j,o'}): two small Gram matrices and a
@@ -15,12 +16,20 @@
 //!
 //! K is returned on the host in f64, sample-major: row `i·c + o`, so the c×c block (i, j) is
 //! K_ij = J_i J_jᵀ.
+//!
+//! Only the upper triangle of tile pairs is computed (K is symmetric). Each tile pair's
+//! (output, output) blocks are gathered on the host and written into K row by row, and the
+//! mirror image by a blocked transpose, so the writes into the (nc)² matrix stay contiguous.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Tensor, TensorData};
-use noisegeom_models::{ConvGeom, Tap};
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use noisegeom_models::{ConvGeom, Stage, Tap};
 
 use crate::nested::{Ad, to_host};
 use crate::{GeometryError, ProbeOps};
@@ -64,6 +73,20 @@ enum Record<B: Backend> {
 
 struct GramTap<B: Backend> {
     records: Vec<Record<B>>,
+    /// Copies of the batch still to be made: > 1 until the first parametric layer, whose
+    /// output is repeated (the forward up to it is the same for every copy).
+    copies: usize,
+}
+
+impl<B: Backend> GramTap<B> {
+    fn copy<const D: usize>(&mut self, z: Tensor<Ad<B>, D>) -> Tensor<Ad<B>, D> {
+        let copies = std::mem::replace(&mut self.copies, 1);
+        if copies > 1 {
+            z.repeat_dim(0, copies)
+        } else {
+            z
+        }
+    }
 }
 
 /// A zero leaf shaped like `z`: added after a layer, its gradient is the backprop signal there.
@@ -78,6 +101,7 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
         z: Tensor<Ad<B>, 2>,
         bias: bool,
     ) -> Tensor<Ad<B>, 2> {
+        let z = self.copy(z);
         let probe = zero_probe(&z);
         self.records.push(Record::Dense {
             input: input.clone().inner(),
@@ -94,6 +118,7 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
         geom: ConvGeom,
         bias: bool,
     ) -> Tensor<Ad<B>, 4> {
+        let z = self.copy(z);
         let probe = zero_probe(&z);
         self.records.push(Record::Conv {
             input: input.clone().inner(),
@@ -105,6 +130,7 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
     }
 
     fn hadamard(&mut self, input: &Tensor<Ad<B>, 2>, z: Tensor<Ad<B>, 2>) -> Tensor<Ad<B>, 2> {
+        let z = self.copy(z);
         let probe = zero_probe(&z);
         self.records.push(Record::Hadamard {
             input: input.clone().inner(),
@@ -124,6 +150,30 @@ enum Feature<B: Backend> {
     },
     /// `[c·b, q]` gradient rows, output-major.
     Rows(Tensor<B, 2>),
+}
+
+impl<B: Backend> Feature<B> {
+    /// The same feature restricted to samples `t0..t0 + t` of a chunk of `b` (rows of the
+    /// output-major factors are `o·b + i`).
+    fn samples(&self, b: usize, c: usize, t0: usize, t: usize) -> Self {
+        let rows = |m: &Tensor<B, 2>| {
+            if t == b {
+                return m.clone();
+            }
+            let [_, q] = m.dims();
+            m.clone()
+                .reshape([c, b, q])
+                .narrow(1, t0, t)
+                .reshape([c * t, q])
+        };
+        match self {
+            Feature::Affine { a, delta } => Feature::Affine {
+                a: a.clone().narrow(0, t0, t),
+                delta: rows(delta),
+            },
+            Feature::Rows(r) => Feature::Rows(rows(r)),
+        }
+    }
 }
 
 /// Bytes the stored features of one sample take, per layer kind, for the memory check.
@@ -148,6 +198,10 @@ fn feature_floats<B: Backend>(records: &[Record<B>], b: usize, c: usize) -> usiz
         * b
 }
 
+/// Samples per side of the tile pairs whose blocks are gathered on the host before they are
+/// written into K: the host buffer is about c(c+1)/2 · TILE² f64 (115 MB for c = 10).
+const TILE: usize = 512;
+
 /// Computes K over the probe set of `ops`, `chunk` samples at a time. Fails with a clear
 /// message if the stored per-sample features would exceed `max_bytes`.
 pub fn gram<B: Backend>(
@@ -155,15 +209,43 @@ pub fn gram<B: Backend>(
     chunk: usize,
     max_bytes: usize,
 ) -> Result<Gram, GeometryError> {
+    gram_tiled(ops, chunk, chunk.min(TILE), max_bytes)
+}
+
+/// [`gram`] with the host tile size given: the samples of each chunk are paired `tile` at a
+/// time, every (output, output) block of a tile pair is computed on the device, and the
+/// blocks are then written into K row by row (contiguous writes), the lower triangle by a
+/// blocked transpose.
+pub fn gram_tiled<B: Backend>(
+    ops: &ProbeOps<B>,
+    chunk: usize,
+    tile: usize,
+    max_bytes: usize,
+) -> Result<Gram, GeometryError> {
     let (n, c) = (ops.n, ops.c);
     let chunk = chunk.clamp(1, n);
+    let tile = tile.clamp(1, chunk);
     let elem = std::mem::size_of::<B::FloatElem>();
-    let mut chunks: Vec<(usize, usize, Vec<Feature<B>>)> = Vec::new();
+    // Samples do not interact, so the c copies of a batch only differ from the first
+    // parametric layer on: the forward before it runs once, unless a residual shortcut is
+    // saved there (it would then be added to the copies).
+    let late_copies = {
+        let mut before = ops.arch.stages.iter().take_while(|s| {
+            !matches!(
+                s,
+                Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
+            )
+        });
+        !before.any(|s| matches!(s, Stage::SaveSkip)) && ops.arch.num_params() > 0
+    };
+    let mut tiles: Vec<(usize, usize, Vec<Feature<B>>)> = Vec::new();
     for start in (0..n).step_by(chunk) {
         let b = chunk.min(n - start);
-        let x = ops.x.clone().narrow(0, start, b).repeat_dim(0, c);
+        let x = ops.x.clone().narrow(0, start, b);
+        let x = if late_copies { x } else { x.repeat_dim(0, c) };
         let mut tap = GramTap {
             records: Vec::new(),
+            copies: if late_copies { c } else { 1 },
         };
         let out = ops
             .net_frozen()
@@ -227,17 +309,22 @@ pub fn gram<B: Backend>(
                 }
                 Record::Hadamard { input, probe } => {
                     let delta = probe.grad(&grads).expect("probe reached");
-                    Feature::Rows(input * delta)
+                    Feature::Rows(input.narrow(0, 0, b).repeat_dim(0, c) * delta)
                 }
             });
         }
-        chunks.push((start, b, feats));
+        for t0 in (0..b).step_by(tile) {
+            let t = tile.min(b - t0);
+            let part = feats.iter().map(|f| f.samples(b, c, t0, t)).collect();
+            tiles.push((start + t0, t, part));
+        }
     }
 
     let dim = n * c;
     let mut k = vec![0.0; dim * dim];
-    for (ci, (si, bi, fi)) in chunks.iter().enumerate() {
-        for (cj, (sj, bj, fj)) in chunks.iter().enumerate().skip(ci) {
+    for (ti, (si, bi, fi)) in tiles.iter().enumerate() {
+        for (tj, (sj, bj, fj)) in tiles.iter().enumerate().skip(ti) {
+            let diag = ti == tj;
             // The sample Gram of every affine layer's inputs, shared by all output pairs.
             let s: Vec<Option<Tensor<B, 2>>> = fi
                 .iter()
@@ -249,10 +336,11 @@ pub fn gram<B: Backend>(
                     _ => None,
                 })
                 .collect();
+            // blocks[o·c + o2] = K[(si+i, o), (sj+j, o2)] as [bi, bj]; within a diagonal
+            // tile, block (o, o2) with o2 < o is block (o2, o) transposed and is not formed.
+            let mut blocks: Vec<Vec<f64>> = vec![Vec::new(); c * c];
             for o in 0..c {
-                // Within a diagonal chunk, block (o, o2) is block (o2, o) transposed.
-                let first = if ci == cj { o } else { 0 };
-                for o2 in first..c {
+                for o2 in (if diag { o } else { 0 })..c {
                     let mut acc: Option<Tensor<B, 2>> = None;
                     for ((a, b), s_ab) in fi.iter().zip(fj).zip(&s) {
                         let term = match (a, b, s_ab) {
@@ -278,20 +366,58 @@ pub fn gram<B: Backend>(
                             None => term,
                         });
                     }
-                    let Some(acc) = acc else { continue };
-                    let host = to_host(acc);
-                    for i in 0..*bi {
-                        let r = (si + i) * c + o;
-                        for j in 0..*bj {
-                            let col = (sj + j) * c + o2;
-                            let v = host[i * bj + j];
-                            k[r * dim + col] = v;
-                            k[col * dim + r] = v;
+                    blocks[o * c + o2] = acc.map_or_else(|| vec![0.0; bi * bj], to_host);
+                }
+            }
+            // Rows (si+i, o) of K, columns (sj+j, o2): contiguous writes, c rows per sample,
+            // samples in parallel.
+            k[si * c * dim..(si + bi) * c * dim]
+                .par_chunks_mut(c * dim)
+                .enumerate()
+                .for_each(|(i, rows)| {
+                    for (o, row) in rows.chunks_exact_mut(dim).enumerate() {
+                        let row = &mut row[sj * c..(sj + bj) * c];
+                        for o2 in 0..c {
+                            if diag && o2 < o {
+                                let blk = &blocks[o2 * c + o];
+                                for j in 0..*bj {
+                                    row[j * c + o2] = blk[j * bi + i];
+                                }
+                            } else {
+                                let blk = &blocks[o * c + o2][i * bj..(i + 1) * bj];
+                                for (j, v) in blk.iter().enumerate() {
+                                    row[j * c + o2] = *v;
+                                }
+                            }
                         }
                     }
-                }
+                });
+            if !diag {
+                mirror(&mut k, dim, si * c..(si + bi) * c, sj * c..(sj + bj) * c);
             }
         }
     }
     Ok(Gram { n, c, k })
+}
+
+/// Copies the block `rows × cols` of the row-major `dim × dim` matrix `k` to its transposed
+/// position (`cols` lie below `rows`), in square tiles so that both sides stay in cache;
+/// tiles of destination rows in parallel.
+fn mirror(k: &mut [f64], dim: usize, rows: Range<usize>, cols: Range<usize>) {
+    const T: usize = 32;
+    debug_assert!(rows.end <= cols.start, "the block lies above the diagonal");
+    let (src, dst) = k.split_at_mut(cols.start * dim);
+    dst[..cols.len() * dim]
+        .par_chunks_mut(T * dim)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            let col0 = cols.start + t * T;
+            for r0 in rows.clone().step_by(T) {
+                for (dc, drow) in dst.chunks_exact_mut(dim).enumerate() {
+                    for r in r0..(r0 + T).min(rows.end) {
+                        drow[r] = src[r * dim + col0 + dc];
+                    }
+                }
+            }
+        });
 }

@@ -7,6 +7,7 @@
 //! flagged unconverged when the explicit residual exceeds `tol · max|θ|`.
 
 use rand::RngExt;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::linalg::sym_eig;
@@ -42,7 +43,7 @@ pub struct LanczosResult {
 }
 
 /// Lanczos on the symmetric operator `a` of dimension `dim`, from a seeded random start;
-/// `iters` steps, full reorthogonalisation (Gram–Schmidt twice), top `k` pairs.
+/// `iters` steps, full reorthogonalisation (Gram–Schmidt, twice when needed), top `k` pairs.
 pub fn lanczos(
     dim: usize,
     a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
@@ -57,6 +58,30 @@ pub fn lanczos(
         1.0,
     );
     run(dim, a, start, k, iters, tol)
+}
+
+/// Elements per block of the fused basis loops: a block of the target vector stays in cache
+/// while every basis vector's block streams past it.
+const BLOCK: usize = 4096;
+
+/// w ← w − Q (Qᵀ w): the dot products one basis vector per task, then one fused, blocked
+/// update. Each dot runs in a fixed order, so the result does not depend on the threads.
+fn project_out(w: &mut [f64], basis: &[Vec<f64>]) {
+    let h: Vec<f64> = basis.par_iter().map(|b| dot(w, b)).collect();
+    combine(w, &h, basis, -1.0);
+}
+
+/// u ← u + sign · Σ_i y_i q_i, in parallel blocks of u.
+fn combine(u: &mut [f64], y: &[f64], basis: &[Vec<f64>], sign: f64) {
+    u.par_chunks_mut(BLOCK).enumerate().for_each(|(k, ub)| {
+        let (at, len) = (k * BLOCK, ub.len());
+        for (yi, q) in y.iter().zip(basis) {
+            let c = sign * yi;
+            ub.iter_mut()
+                .zip(&q[at..at + len])
+                .for_each(|(x, v)| *x += c * v);
+        }
+    });
 }
 
 struct Tridiagonal {
@@ -99,16 +124,26 @@ fn tridiagonalise(
     for j in 0..iters {
         let mut w = a(&q);
         let aj = dot(&w, &q);
-        alpha.push(aj);
         basis.push(q);
-        // Full reorthogonalisation against the whole basis, twice ("twice is enough").
+        // The three-term recurrence, w ← w − α_j q_j − β_{j−1} q_{j−1}, then full
+        // reorthogonalisation against the whole basis: classical Gram–Schmidt, repeated once
+        // when a pass cancels most of what is left (Daniel–Gragg–Kaufman–Stewart, η = 1/√2;
+        // "twice is enough").
+        let local = match beta.last() {
+            Some(&b) => vec![b, aj],
+            None => vec![aj],
+        };
+        combine(&mut w, &local, &basis[j.saturating_sub(1)..], -1.0);
+        alpha.push(aj);
+        let mut bj = norm(&w);
         for _ in 0..2 {
-            for b in &basis {
-                let h = dot(&w, b);
-                w.iter_mut().zip(b).for_each(|(x, y)| *x -= h * y);
+            let before = bj;
+            project_out(&mut w, &basis);
+            bj = norm(&w);
+            if bj > std::f64::consts::FRAC_1_SQRT_2 * before {
+                break;
             }
         }
-        let bj = norm(&w);
         scale = scale.max(aj.abs()).max(bj);
         if j + 1 == iters {
             beta.push(bj);
@@ -151,9 +186,7 @@ fn run(
         .map(|(&value, y)| {
             let estimate = (b_last * y[m - 1]).abs();
             let mut u = vec![0.0; dim];
-            for (yi, qi) in y.iter().zip(&t.basis) {
-                u.iter_mut().zip(qi).for_each(|(x, q)| *x += yi * q);
-            }
+            combine(&mut u, y, &t.basis, 1.0);
             extra += 1;
             let residual = a(&u)
                 .iter()

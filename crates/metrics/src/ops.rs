@@ -347,16 +347,46 @@ impl<B: Backend> ProbeOps<B> {
         out
     }
 
-    /// Gv = Jᵀ(Jv)/n.
+    /// Gv = Jᵀ(Jv)/n: the gradient of (1/n) Σ_i f_i·stop(J_i v), one pass per chunk
+    /// ([`Self::jvp_then_backward`]).
     pub fn gv(&self, v: &[f64]) -> Vec<f64> {
-        let s = self.jvp(v);
-        scale(self.vjp(&s), 1.0 / self.n as f64)
+        self.jvp_then_backward(v, |f, jv, _| f * jv.detach())
     }
 
-    /// Mv = (1/n) Jᵀr with r_i = e_i (e_i·s_i), s = Jv.
+    /// Mv = (1/n) Jᵀr with r_i = e_i (e_i·s_i), s = Jv: the gradient of
+    /// (1/n) Σ_i f_i·stop(r_i), one pass per chunk.
     pub fn mv(&self, v: &[f64]) -> Vec<f64> {
-        let s = self.jvp(v);
-        scale(self.vjp(&self.weight_by_residual(&s)), 1.0 / self.n as f64)
+        self.jvp_then_backward(v, |f, jv, y| {
+            let e = (f.clone() - y).detach();
+            let r = e.clone() * (e * jv.detach()).sum_dim(1);
+            f * r
+        })
+    }
+
+    /// (1/n) ∇_θ Σ of `objective(f, Jv, y)` over the probe set. Per chunk, one forward-mode
+    /// pass on the autodiff network ([`Net::jvp`]) gives f and Jv with the primal forward
+    /// recorded, and one backward of the objective's sum follows: the JVP and the backward
+    /// share the forward. Exact (no finite differences, no nesting).
+    fn jvp_then_backward(
+        &self,
+        v: &[f64],
+        objective: impl Fn(Tensor<Ad<B>, 2>, Tensor<Ad<B>, 2>, Tensor<Ad<B>, 2>) -> Tensor<Ad<B>, 2>,
+    ) -> Vec<f64> {
+        assert_eq!(v.len(), self.p, "parameter-space vector length");
+        let tangent =
+            Net::<Ad<B>>::build(self.arch.clone(), &mut FlatSource::frozen(&self.device, v))
+                .expect("the architecture was validated when the plain network was built");
+        let mut acc = vec![0.0; self.p];
+        let inv = 1.0 / self.n as f64;
+        for (s, len) in self.chunks() {
+            let x = Tensor::<Ad<B>, 2>::from_inner(self.x.clone().narrow(0, s, len));
+            let y = Tensor::<Ad<B>, 2>::from_inner(self.y.clone().narrow(0, s, len));
+            let (f, jv) = self.net_ad.jvp(x, &tangent);
+            let Some(jv) = jv else { continue };
+            let grads = objective(f, jv, y).sum().mul_scalar(inv).backward();
+            add(&mut acc, &to_host(flat_grad(&self.net_ad, &grads)));
+        }
+        acc
     }
 
     /// Σ₁v = Mv − ∇L (∇L·v).
@@ -386,21 +416,7 @@ impl<B: Backend> ProbeOps<B> {
     /// backward of the forward-mode pass gives ∇s = (1/n) Σ_i [J_iᵀ J_i v + Σ_o e_io ∇²f_io v]
     /// = Hv. One level of autodiff, no nesting.
     pub fn hv(&self, v: &[f64]) -> Vec<f64> {
-        assert_eq!(v.len(), self.p, "parameter-space vector length");
-        let tangent =
-            Net::<Ad<B>>::build(self.arch.clone(), &mut FlatSource::frozen(&self.device, v))
-                .expect("the architecture was validated when the plain network was built");
-        let mut acc = vec![0.0; self.p];
-        let inv = 1.0 / self.n as f64;
-        for (s, len) in self.chunks() {
-            let x = Tensor::<Ad<B>, 2>::from_inner(self.x.clone().narrow(0, s, len));
-            let y = Tensor::<Ad<B>, 2>::from_inner(self.y.clone().narrow(0, s, len));
-            let (f, jv) = self.net_ad.jvp(x, &tangent);
-            let Some(jv) = jv else { continue };
-            let grads = ((f - y) * jv).sum().mul_scalar(inv).backward();
-            add(&mut acc, &to_host(flat_grad(&self.net_ad, &grads)));
-        }
-        acc
+        self.jvp_then_backward(v, |f, jv, y| (f - y) * jv)
     }
 
     /// Hv by double backward through nested autodiff (exact): kept as an independent

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use noisegeom_metrics::alignment::{exact_alignment, exact_spectrum, top_spectrum};
-use noisegeom_metrics::gram::gram;
+use noisegeom_metrics::gram::{gram, gram_tiled};
 use noisegeom_metrics::hutchinson::hutchinson;
 use noisegeom_metrics::lanczos::lanczos;
 use noisegeom_metrics::linalg::sym_eig;
@@ -21,10 +21,11 @@ fn trace_prod(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 fn gram_and_mu_match_dense() {
     for p in zoo(6) {
         let truth = dense(&p);
-        // Chunks of 4 samples: blocks across chunks are part of the test.
+        // Chunks of 4 samples paired in host tiles of 3: blocks across chunks and across
+        // tiles within a chunk (sizes 3, 1 and 2) are part of the test.
         let ops =
             ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 4, &dev()).unwrap();
-        let k = gram(&ops, 4, 1 << 30).unwrap();
+        let k = gram_tiled(&ops, 4, 3, 1 << 30).unwrap();
         let nc = p.n * p.c;
         let mut err: f64 = 0.0;
         let mut scale: f64 = 0.0;
