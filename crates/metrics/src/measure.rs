@@ -204,12 +204,17 @@ pub fn measure<B: Backend>(
         let t = Instant::now();
         let zero = cut.zero_form(m.curvature.trace_g.unwrap_or(0.0));
         let mut rng = noisegeom_data::seeded_rng(opt.seed, "random-directions");
-        for _ in 0..opt.random_directions {
-            let mut v = noisegeom_data::normal_vec(&mut rng, ops.p, 1.0);
-            let s = norm(&v);
-            v.iter_mut().for_each(|x| *x /= s);
-            m.directional_random
-                .push(directional(&ops.quad_forms(&v), two_l, zero));
+        let dirs: Vec<Vec<f64>> = (0..opt.random_directions)
+            .map(|_| {
+                let mut v = noisegeom_data::normal_vec(&mut rng, ops.p, 1.0);
+                let s = norm(&v);
+                v.iter_mut().for_each(|x| *x /= s);
+                v
+            })
+            .collect();
+        let refs: Vec<&[f64]> = dirs.iter().map(Vec::as_slice).collect();
+        for q in ops.quad_forms_many(&refs) {
+            m.directional_random.push(directional(&q, two_l, zero));
         }
         seconds.push(("directional".into(), t.elapsed().as_secs_f64()));
     }
@@ -291,8 +296,8 @@ fn along<B: Backend>(
         g_unc: Vec::new(),
         lanczos,
     };
-    for r in &d.lanczos.top {
-        let q = ops.quad_forms(&r.vector);
+    let vectors: Vec<&[f64]> = d.lanczos.top.iter().map(|r| r.vector.as_slice()).collect();
+    for q in ops.quad_forms_many(&vectors) {
         let dir = directional(&q, two_l, zero);
         d.alpha.push(q.sigma());
         d.alpha_unc.push(q.m);

@@ -76,6 +76,10 @@ impl QuadForms {
     }
 }
 
+/// Directions per forward pass in [`ProbeOps::quad_forms_many`]: each holds a tangent copy
+/// of the network and its activations.
+pub const DIRECTIONS_PER_PASS: usize = 8;
+
 impl<B: Backend> ProbeOps<B> {
     /// `x` is `[n, d]`, `y` is `[n, c]`, both host row-major. `chunk` samples go through the
     /// network at a time.
@@ -445,7 +449,40 @@ impl<B: Backend> ProbeOps<B> {
 
     /// uᵀGu, uᵀMu and ∇L·u from one JVP.
     pub fn quad_forms(&self, u: &[f64]) -> QuadForms {
-        let s = self.jvp(u);
+        self.quad_forms_many(&[u]).remove(0)
+    }
+
+    /// [`Self::quad_forms`] for each direction, from JVPs that share each chunk's forward
+    /// pass ([`Net::jvp_many`], up to [`DIRECTIONS_PER_PASS`] directions at a time).
+    pub fn quad_forms_many(&self, dirs: &[&[f64]]) -> Vec<QuadForms> {
+        let mut out = Vec::with_capacity(dirs.len());
+        for group in dirs.chunks(DIRECTIONS_PER_PASS) {
+            let tangents: Vec<Net<B>> = group
+                .iter()
+                .map(|u| {
+                    assert_eq!(u.len(), self.p, "parameter-space vector length");
+                    Net::<B>::build(self.arch.clone(), &mut FlatSource::new(&self.device, u))
+                        .expect("the architecture was validated when the plain network was built")
+                })
+                .collect();
+            let refs: Vec<&Net<B>> = tangents.iter().collect();
+            let mut s = vec![Vec::with_capacity(self.n * self.c); group.len()];
+            for (start, len) in self.chunks() {
+                let x = self.x.clone().narrow(0, start, len);
+                for (sk, jv) in s.iter_mut().zip(self.net.jvp_many(x, &refs).1) {
+                    match jv {
+                        Some(jv) => sk.extend(to_host(jv)),
+                        None => sk.resize(sk.len() + len * self.c, 0.0),
+                    }
+                }
+            }
+            out.extend(s.iter().map(|s| self.forms(s)));
+        }
+        out
+    }
+
+    /// The quadratic forms from s = Ju.
+    fn forms(&self, s: &[f64]) -> QuadForms {
         let (mut g, mut m, mut gd) = (0.0, 0.0, 0.0);
         for (si, ei) in s
             .chunks_exact(self.c)

@@ -98,8 +98,8 @@ pub fn track<B: burn::tensor::backend::Backend>(
                 cut.ritz_tolerance,
             );
             let (mut lambda_g, mut alpha_g, mut g_k) = (Vec::new(), Vec::new(), Vec::new());
-            for r in &run.top {
-                let q = ops.quad_forms(&r.vector);
+            let vectors: Vec<&[f64]> = run.top.iter().map(|r| r.vector.as_slice()).collect();
+            for (r, q) in run.top.iter().zip(ops.quad_forms_many(&vectors)) {
                 lambda_g.push(r.value);
                 alpha_g.push(q.sigma());
                 g_k.push(directional(&q, two_l, zero).g);

@@ -75,6 +75,30 @@ fn operators_match_dense_ground_truth() {
             p.name
         );
         assert!((ops.loss() - truth.loss).abs() <= 1e-12 * truth.loss);
+
+        // Quadratic forms along many directions at once (the JVPs share each chunk's
+        // forward; more directions than one pass takes, and a zero direction).
+        let mut dirs: Vec<Vec<f64>> = (0..11).map(|k| test_vector(np, 10 + k)).collect();
+        dirs.push(vec![0.0; np]);
+        let refs: Vec<&[f64]> = dirs.iter().map(Vec::as_slice).collect();
+        for (u, q) in dirs.iter().zip(ops.quad_forms_many(&refs)) {
+            let form =
+                |m: &Vec<Vec<f64>>| -> f64 { u.iter().zip(matvec(m, u)).map(|(a, b)| a * b).sum() };
+            let (ugu, umu) = (form(&truth.g), form(&truth.m));
+            let gdu: f64 = truth.grad.iter().zip(u).map(|(a, b)| a * b).sum();
+            let scale = ugu.abs().max(1e-300);
+            assert!((q.g - ugu).abs() <= 1e-10 * scale, "{}: uᵀGu", p.name);
+            assert!(
+                (q.m - umu).abs() <= 1e-10 * umu.abs().max(1e-300),
+                "{}: uᵀMu",
+                p.name
+            );
+            assert!(
+                (q.grad_dot - gdu).abs() <= 1e-10 * (gdu.abs() + scale.sqrt()),
+                "{}: ∇L·u",
+                p.name
+            );
+        }
     }
 }
 

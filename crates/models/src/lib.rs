@@ -45,31 +45,35 @@ impl Activation {
         }
     }
 
-    /// Forward mode: σ(z) and σ'(z) ⊙ dz (`None` is a zero tangent). ReLU's σ'(0) is 0,
-    /// as in its reverse-mode rule.
+    /// Forward mode: σ(z) and σ'(z) ⊙ dz for each tangent dz (`None` is a zero tangent),
+    /// σ'(z) formed once. ReLU's σ'(0) is 0, as in its reverse-mode rule.
     pub fn apply_jvp<B: Backend, const D: usize>(
         self,
         z: Tensor<B, D>,
-        dz: Option<Tensor<B, D>>,
-    ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
-        let Some(dz) = dz else {
-            return (self.apply(z), None);
+        dz: Vec<Option<Tensor<B, D>>>,
+    ) -> (Tensor<B, D>, Vec<Option<Tensor<B, D>>>) {
+        if dz.iter().all(Option::is_none) {
+            return (self.apply(z), dz);
+        }
+        let each = |f: &dyn Fn(Tensor<B, D>) -> Tensor<B, D>| -> Vec<Option<Tensor<B, D>>> {
+            dz.into_iter().map(|d| d.map(f)).collect()
         };
         match self {
-            Activation::Identity => (z, Some(dz)),
+            Activation::Identity => (z, each(&|d| d)),
             Activation::Relu => {
                 let off = z.clone().lower_equal_elem(0.0);
-                (relu(z), Some(dz.mask_fill(off, 0.0)))
+                let dz = each(&|d| d.mask_fill(off.clone(), 0.0));
+                (relu(z), dz)
             }
             Activation::Tanh => {
                 let t = tanh(z);
                 let slope = t.clone().powi_scalar(2).neg().add_scalar(1.0);
-                (t, Some(dz * slope))
+                (t, each(&|d| d * slope.clone()))
             }
             Activation::Smooth => {
                 let t = tanh(z.clone());
                 let slope = t.clone().powi_scalar(2).neg().add_scalar(1.1);
-                (t + z.mul_scalar(0.1), Some(dz * slope))
+                (t + z.mul_scalar(0.1), each(&|d| d * slope.clone()))
             }
         }
     }

@@ -337,17 +337,30 @@ impl<B: Backend> Net<B> {
     /// direction `tangent` (a network of the same architecture holding dθ). One pass, about
     /// twice a forward in cost, with no autodiff graph. `None` means J·dθ = 0.
     pub fn jvp(&self, x: Tensor<B, 2>, tangent: &Net<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        debug_assert_eq!(
-            self.arch, tangent.arch,
-            "the tangent has this network's shape"
-        );
+        let (f, mut jv) = self.jvp_many(x, &[tangent]);
+        (f, jv.pop().flatten())
+    }
+
+    /// [`Self::jvp`] along several directions at once: the primal forward (and every
+    /// activation's derivative) is computed once and shared by all the tangents.
+    pub fn jvp_many(
+        &self,
+        x: Tensor<B, 2>,
+        tangents: &[&Net<B>],
+    ) -> (Tensor<B, 2>, Vec<Option<Tensor<B, 2>>>) {
+        for t in tangents {
+            debug_assert_eq!(self.arch, t.arch, "the tangent has this network's shape");
+        }
         let [n, _] = x.dims();
+        let k = tangents.len();
         let mut v = match self.arch.input_shape[..] {
-            [c, h, w] => Dual::Image(x.reshape([n, c, h, w]), None),
-            _ => Dual::Flat(x, None),
+            [c, h, w] => Dual::Image(x.reshape([n, c, h, w]), vec![None; k]),
+            _ => Dual::Flat(x, vec![None; k]),
         };
-        let mut layers = self.layers.iter().zip(&tangent.layers);
+        let mut li = 0;
         let mut saved = Vec::new();
+        // The tangents' counterpart of parametric layer `li`.
+        let tangent_layer = |k: usize, li: usize| &tangents[k].layers[li];
         for stage in &self.arch.stages {
             v = match (stage, v) {
                 (Stage::SaveSkip, v) => {
@@ -355,44 +368,56 @@ impl<B: Backend> Net<B> {
                     v
                 }
                 (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
-                (Stage::Dense { .. }, Dual::Flat(a, da)) => match layers.next() {
-                    Some((Layer::Dense(l), Layer::Dense(t))) => {
-                        // z = a Wᵀ + b, dz = da Wᵀ + a dWᵀ + db.
-                        let z = l.forward(a.clone(), &mut NoTap);
-                        let dz = t.forward(a, &mut NoTap);
-                        let dz = match da {
-                            Some(da) => dz + l.linear(da),
-                            None => dz,
-                        };
-                        Dual::Flat(z, Some(dz))
-                    }
-                    _ => unreachable!("layers follow stages"),
-                },
-                (Stage::Conv { .. }, Dual::Image(a, da)) => match layers.next() {
-                    Some((Layer::Conv(l), Layer::Conv(t))) => {
-                        // conv is bilinear in (input, weight): dz = conv(da, W) + conv(a, dW) + db.
-                        let z = l.forward(a.clone(), &mut NoTap);
-                        let dz = t.forward(a, &mut NoTap);
-                        let dz = match da {
-                            Some(da) => dz + l.linear(da),
-                            None => dz,
-                        };
-                        Dual::Image(z, Some(dz))
-                    }
-                    _ => unreachable!("layers follow stages"),
-                },
-                (Stage::Hadamard, Dual::Flat(a, da)) => match layers.next() {
-                    Some((Layer::Hadamard(l), Layer::Hadamard(t))) => {
-                        let z = l.forward(a.clone(), &mut NoTap);
-                        let dz = t.forward(a, &mut NoTap);
-                        let dz = match da {
-                            Some(da) => dz + l.linear(da),
-                            None => dz,
-                        };
-                        Dual::Flat(z, Some(dz))
-                    }
-                    _ => unreachable!("layers follow stages"),
-                },
+                // Every parametric layer is bilinear in (input, parameters):
+                // z = l(a), dz = l(da) + t(a) with t the layer holding dθ.
+                (Stage::Dense { .. }, Dual::Flat(a, da)) => {
+                    let Layer::Dense(l) = &self.layers[li] else {
+                        unreachable!("layers follow stages")
+                    };
+                    let dz = tangent_outputs(
+                        &a,
+                        da,
+                        |d| l.linear(d),
+                        |k, a| match tangent_layer(k, li) {
+                            Layer::Dense(t) => t.forward(a, &mut NoTap),
+                            _ => unreachable!("same architecture"),
+                        },
+                    );
+                    li += 1;
+                    Dual::Flat(l.forward(a, &mut NoTap), dz)
+                }
+                (Stage::Conv { .. }, Dual::Image(a, da)) => {
+                    let Layer::Conv(l) = &self.layers[li] else {
+                        unreachable!("layers follow stages")
+                    };
+                    let dz = tangent_outputs(
+                        &a,
+                        da,
+                        |d| l.linear(d),
+                        |k, a| match tangent_layer(k, li) {
+                            Layer::Conv(t) => t.forward(a, &mut NoTap),
+                            _ => unreachable!("same architecture"),
+                        },
+                    );
+                    li += 1;
+                    Dual::Image(l.forward(a, &mut NoTap), dz)
+                }
+                (Stage::Hadamard, Dual::Flat(a, da)) => {
+                    let Layer::Hadamard(l) = &self.layers[li] else {
+                        unreachable!("layers follow stages")
+                    };
+                    let dz = tangent_outputs(
+                        &a,
+                        da,
+                        |d| l.linear(d),
+                        |k, a| match tangent_layer(k, li) {
+                            Layer::Hadamard(t) => t.forward(a, &mut NoTap),
+                            _ => unreachable!("same architecture"),
+                        },
+                    );
+                    li += 1;
+                    Dual::Flat(l.forward(a, &mut NoTap), dz)
+                }
                 (Stage::Act { activation }, Dual::Flat(a, da)) => {
                     let (z, dz) = activation.apply_jvp(a, da);
                     Dual::Flat(z, dz)
@@ -402,17 +427,18 @@ impl<B: Backend> Net<B> {
                     Dual::Image(z, dz)
                 }
                 (Stage::Flatten, Dual::Image(a, da)) => {
-                    Dual::Flat(a.flatten(1, 3), da.map(|d| d.flatten(1, 3)))
+                    Dual::Flat(a.flatten(1, 3), map_tangents(da, |d| d.flatten(1, 3)))
                 }
                 (Stage::GlobalAvgPool, Dual::Image(a, da)) => {
-                    Dual::Flat(global_avg_pool(a), da.map(global_avg_pool))
+                    Dual::Flat(global_avg_pool(a), map_tangents(da, global_avg_pool))
                 }
                 (Stage::SumFeatures, Dual::Flat(a, da)) => {
-                    Dual::Flat(a.sum_dim(1), da.map(|d| d.sum_dim(1)))
+                    Dual::Flat(a.sum_dim(1), map_tangents(da, |d| d.sum_dim(1)))
                 }
                 (Stage::FixedDense { out, weights }, Dual::Flat(a, da)) => {
                     let w = fixed_weight(*out, weights, &a.device());
-                    Dual::Flat(a.matmul(w.clone()), da.map(|d| d.matmul(w)))
+                    let dz = map_tangents(da, |d| d.matmul(w.clone()));
+                    Dual::Flat(a.matmul(w), dz)
                 }
                 _ => unreachable!("validated at construction"),
             };
@@ -424,10 +450,35 @@ impl<B: Backend> Net<B> {
     }
 }
 
-/// A value and its tangent (`None`: zero) in [`Net::jvp`].
+/// Per tangent k: dz_k = `tangent(k, a)` + `linear(da_k)` (the second term absent when
+/// da_k is zero).
+fn tangent_outputs<T: Clone + std::ops::Add<Output = T>>(
+    a: &T,
+    da: Vec<Option<T>>,
+    linear: impl Fn(T) -> T,
+    tangent: impl Fn(usize, T) -> T,
+) -> Vec<Option<T>> {
+    da.into_iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let t = tangent(k, a.clone());
+            Some(match d {
+                Some(d) => t + linear(d),
+                None => t,
+            })
+        })
+        .collect()
+}
+
+/// A linear map applied to every tangent.
+fn map_tangents<T, U>(da: Vec<Option<T>>, f: impl Fn(T) -> U) -> Vec<Option<U>> {
+    da.into_iter().map(|d| d.map(&f)).collect()
+}
+
+/// A value and its tangents (`None`: zero) in [`Net::jvp_many`].
 enum Dual<B: Backend> {
-    Flat(Tensor<B, 2>, Option<Tensor<B, 2>>),
-    Image(Tensor<B, 4>, Option<Tensor<B, 4>>),
+    Flat(Tensor<B, 2>, Vec<Option<Tensor<B, 2>>>),
+    Image(Tensor<B, 4>, Vec<Option<Tensor<B, 4>>>),
 }
 
 impl<B: Backend> Clone for Dual<B> {
@@ -447,12 +498,20 @@ fn add_tangents<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Opt
     }
 }
 
+/// The tangents' sums, pairwise.
+fn add_all<T: std::ops::Add<Output = T>>(a: Vec<Option<T>>, b: Vec<Option<T>>) -> Vec<Option<T>> {
+    a.into_iter()
+        .zip(b)
+        .map(|(a, b)| add_tangents(a, b))
+        .collect()
+}
+
 impl<B: Backend> Dual<B> {
     /// The residual sum and its tangent.
     fn add(self, skip: Self) -> Self {
         match (self, skip) {
-            (Dual::Flat(a, da), Dual::Flat(b, db)) => Dual::Flat(a + b, add_tangents(da, db)),
-            (Dual::Image(a, da), Dual::Image(b, db)) => Dual::Image(a + b, add_tangents(da, db)),
+            (Dual::Flat(a, da), Dual::Flat(b, db)) => Dual::Flat(a + b, add_all(da, db)),
+            (Dual::Image(a, da), Dual::Image(b, db)) => Dual::Image(a + b, add_all(da, db)),
             _ => unreachable!("validated at construction"),
         }
     }

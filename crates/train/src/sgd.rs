@@ -16,7 +16,15 @@ pub struct SgdConfig {
 /// SGD state: the momentum buffers (empty without momentum).
 pub struct Sgd<B: Backend> {
     pub config: SgdConfig,
-    buffers: Vec<Tensor<B, 1>>,
+    buffers: Vec<Buffer<B>>,
+}
+
+/// One parameter tensor's momentum buffer, flat. A matrix `[r, c]`'s buffer is kept in the
+/// order of its transpose `[c, r]` once it has been used (`transposed`): see [`Step`].
+struct Buffer<B: Backend> {
+    flat: Tensor<B, 1>,
+    /// `Some([r, c])`: `flat` holds the `[c, r]` transpose of the `[r, c]` matrix buffer.
+    transposed: Option<[usize; 2]>,
 }
 
 impl<B: Backend> Sgd<B> {
@@ -27,7 +35,7 @@ impl<B: Backend> Sgd<B> {
         }
     }
 
-    /// Restores the momentum buffer from its flat form; `shapes` are the parameter sizes.
+    /// Restores the momentum buffer from its flat form; `sizes` are the parameter sizes.
     pub fn with_state(
         config: SgdConfig,
         flat: &[f64],
@@ -37,16 +45,17 @@ impl<B: Backend> Sgd<B> {
         let mut buffers = Vec::with_capacity(sizes.len());
         let mut off = 0;
         for &n in sizes {
-            buffers.push(Tensor::from_data(
-                TensorData::new(flat[off..off + n].to_vec(), [n]),
-                device,
-            ));
+            buffers.push(Buffer {
+                flat: Tensor::from_data(TensorData::new(flat[off..off + n].to_vec(), [n]), device),
+                transposed: None,
+            });
             off += n;
         }
         Sgd { config, buffers }
     }
 
-    /// The momentum buffer, flat, or `None` without momentum.
+    /// The momentum buffer, flat, in parameter order (as [`Self::with_state`] takes it), or
+    /// `None` without momentum.
     pub fn state(&self) -> Option<Vec<f64>> {
         if self.config.momentum == 0.0 {
             return None;
@@ -54,10 +63,24 @@ impl<B: Backend> Sgd<B> {
         Some(
             self.buffers
                 .iter()
-                .flat_map(|b| b.to_data().iter::<f64>().collect::<Vec<_>>())
+                .flat_map(|b| {
+                    let flat = match b.transposed {
+                        Some([r, c]) => b.flat.clone().reshape([c, r]).transpose().reshape([r * c]),
+                        None => b.flat.clone(),
+                    };
+                    flat.to_data().iter::<f64>().collect::<Vec<_>>()
+                })
                 .collect(),
         )
     }
+}
+
+/// Where the gradients come from.
+enum Grads<'a, A: AutodiffBackend> {
+    /// Straight from a backward pass, in each parameter's own layout.
+    Autodiff(&'a A::Gradients),
+    /// Flattened per parameter tensor (module order; `None` without gradient).
+    Flat(&'a [Option<Tensor<A::InnerBackend, 1>>]),
 }
 
 impl<B: Backend> Sgd<B> {
@@ -68,13 +91,20 @@ impl<B: Backend> Sgd<B> {
         A: AutodiffBackend<InnerBackend = B>,
         M: Module<A>,
     {
-        let flat = flat_grads::<A, M>(&model, grads);
-        self.step_flat(model, &flat, lr)
+        self.apply(model, Grads::<A>::Autodiff(grads), lr)
     }
 
     /// The same update from gradients already flattened per parameter tensor (in module
     /// order; `None` for a parameter without gradient), e.g. accumulated over micro-batches.
     pub fn step_flat<A, M>(&mut self, model: M, grads: &[Option<Tensor<B, 1>>], lr: f64) -> M
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: Module<A>,
+    {
+        self.apply(model, Grads::<A>::Flat(grads), lr)
+    }
+
+    fn apply<A, M>(&mut self, model: M, grads: Grads<'_, A>, lr: f64) -> M
     where
         A: AutodiffBackend<InnerBackend = B>,
         M: Module<A>,
@@ -122,46 +152,78 @@ where
     c.out
 }
 
-struct Zeros<B: Backend>(Vec<Tensor<B, 1>>);
+struct Zeros<B: Backend>(Vec<Buffer<B>>);
 
 impl<A: AutodiffBackend> ModuleVisitor<A> for Zeros<A::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
         let t = param.val();
         let n = t.shape().num_elements();
-        self.0.push(Tensor::zeros([n], &t.device()));
+        self.0.push(Buffer {
+            flat: Tensor::zeros([n], &t.device()),
+            transposed: None,
+        });
     }
 }
 
+/// The update, one parameter tensor at a time.
+///
+/// A matrix parameter is updated in its transpose. An affine layer computes x·Wᵀ, so the
+/// gradient of W arrives from the backward as the transpose of a contiguous `[in, out]`
+/// product; Wᵀ, gᵀ and the buffer's `[in, out]` form are then all contiguous, and the
+/// elementwise update runs without a transposing copy. The new W is the transpose of the
+/// result, a view whose Wᵀ is contiguous for the next forward. The arithmetic per element is
+/// the same in either layout, so the trajectory does not depend on it.
 struct Step<'a, A: AutodiffBackend> {
-    grads: &'a [Option<Tensor<A::InnerBackend, 1>>],
+    grads: Grads<'a, A>,
     lr: f64,
     config: SgdConfig,
-    buffers: &'a mut Vec<Tensor<A::InnerBackend, 1>>,
+    buffers: &'a mut Vec<Buffer<A::InnerBackend>>,
     index: usize,
 }
 
 impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
         let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let dims: Vec<usize> = tensor.dims().to_vec();
+        let grad = match &self.grads {
+            Grads::Autodiff(g) => tensor.grad(g),
+            Grads::Flat(g) => g[self.index].clone().map(|g| g.reshape(shape.clone())),
+        };
         let theta = tensor.inner();
-        let shape = theta.shape();
-        let grad = self.grads[self.index]
-            .clone()
-            .map(|g| g.reshape(shape.clone()));
+        let matrix = D == 2;
+        // Work in the transpose for matrices (see the type's note).
+        let flip = |t: Tensor<A::InnerBackend, D>| if matrix { t.swap_dims(0, 1) } else { t };
         let c = self.config;
         let updated = match grad {
             None => theta,
-            Some(mut g) => {
+            Some(g) => {
+                let theta = flip(theta);
+                let mut g = flip(g);
+                let work = theta.shape();
                 if c.weight_decay > 0.0 {
                     g = g + theta.clone().mul_scalar(c.weight_decay);
                 }
                 let d = if c.momentum > 0.0 {
-                    let buf: Tensor<A::InnerBackend, D> = self.buffers[self.index]
-                        .clone()
-                        .reshape(shape.clone())
-                        .mul_scalar(c.momentum)
-                        + g.clone();
-                    self.buffers[self.index] = buf.clone().reshape([shape.num_elements()]);
+                    let old = std::mem::replace(
+                        &mut self.buffers[self.index],
+                        Buffer {
+                            flat: Tensor::zeros([0], &g.device()),
+                            transposed: None,
+                        },
+                    );
+                    let prev: Tensor<A::InnerBackend, D> = match (matrix, old.transposed) {
+                        (true, None) => {
+                            // A buffer in parameter order (fresh, or restored): transpose it once.
+                            old.flat.reshape(shape.clone()).swap_dims(0, 1)
+                        }
+                        _ => old.flat.reshape(work.clone()),
+                    };
+                    let buf = prev.mul_scalar(c.momentum) + g.clone();
+                    self.buffers[self.index] = Buffer {
+                        flat: buf.clone().reshape([work.num_elements()]),
+                        transposed: matrix.then(|| [dims[0], dims[1]]),
+                    };
                     if c.nesterov {
                         g + buf.mul_scalar(c.momentum)
                     } else {
@@ -170,10 +232,116 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
                 } else {
                     g
                 };
-                theta - d.mul_scalar(self.lr)
+                flip(theta - d.mul_scalar(self.lr))
             }
         };
         self.index += 1;
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use noisegeom_models::{Activation, Arch, FlatSource, Net, Stage, flatten, mse};
+
+    type A = Autodiff<NdArray<f64>>;
+
+    /// The update rule written out on the host in f64 (PyTorch's SGD: no dampening, coupled
+    /// weight decay), against the device update, over several steps of a two-layer net whose
+    /// matrices are updated in their transposed layout; halfway, the state is saved and a
+    /// fresh optimiser resumes from it.
+    #[test]
+    fn update_matches_the_rule_written_out_and_resumes_from_its_state() {
+        let arch = Arch {
+            input_shape: vec![3],
+            stages: vec![
+                Stage::Dense { out: 4, bias: true },
+                Stage::Act {
+                    activation: Activation::Tanh,
+                },
+                Stage::Dense { out: 2, bias: true },
+            ],
+        };
+        let p = arch.num_params();
+        let device = Default::default();
+        let theta0: Vec<f64> = (0..p)
+            .map(|k| ((k * 37 % 23) as f64 - 11.0) / 17.0)
+            .collect();
+        let x: Vec<f64> = (0..15).map(|k| ((k * 13 % 7) as f64 - 3.0) / 3.0).collect();
+        let y: Vec<f64> = (0..10).map(|k| ((k * 5 % 3) as f64) - 1.0).collect();
+        let x = Tensor::<A, 2>::from_data(TensorData::new(x, [5, 3]), &device);
+        let y = Tensor::<A, 2>::from_data(TensorData::new(y, [5, 2]), &device);
+        let sizes = [12, 4, 8, 2];
+        for config in [
+            SgdConfig {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            SgdConfig {
+                momentum: 0.8,
+                nesterov: true,
+                weight_decay: 0.01,
+            },
+            SgdConfig {
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.05,
+            },
+        ] {
+            let mut net =
+                Net::<A>::build(arch.clone(), &mut FlatSource::new(&device, &theta0)).unwrap();
+            let mut sgd = Sgd::<NdArray<f64>>::new(config);
+            let (mut theta, mut buf) = (theta0.clone(), vec![0.0; p]);
+            for step in 0..5 {
+                let lr = 0.1 + 0.05 * step as f64;
+                let grads = mse(net.forward(x.clone()), y.clone()).backward();
+                let g: Vec<f64> = flat_grads::<A, _>(&net, &grads)
+                    .into_iter()
+                    .flat_map(|g| g.unwrap().to_data().iter::<f64>().collect::<Vec<_>>())
+                    .collect();
+                for k in 0..p {
+                    let gk = g[k] + config.weight_decay * theta[k];
+                    let d = if config.momentum > 0.0 {
+                        buf[k] = config.momentum * buf[k] + gk;
+                        if config.nesterov {
+                            gk + config.momentum * buf[k]
+                        } else {
+                            buf[k]
+                        }
+                    } else {
+                        gk
+                    };
+                    theta[k] -= lr * d;
+                }
+                net = sgd.step(net, &grads, lr);
+                let got = flatten(&net);
+                let err = got
+                    .iter()
+                    .zip(&theta)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(err <= 1e-14, "{config:?}, step {step}: max |Δθ| = {err:e}");
+                if config.momentum > 0.0 {
+                    let state = sgd.state().unwrap();
+                    let err = state
+                        .iter()
+                        .zip(&buf)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0, f64::max);
+                    assert!(
+                        err <= 1e-14,
+                        "{config:?}, step {step}: buffer off by {err:e}"
+                    );
+                    if step == 2 {
+                        sgd = Sgd::with_state(config, &state, &sizes, &device);
+                    }
+                } else {
+                    assert!(sgd.state().is_none());
+                }
+            }
+        }
     }
 }

@@ -305,6 +305,8 @@ pub fn train<B: AutodiffBackend>(
         // so are its gradients, summed one micro-batch at a time.
         let micro = t.micro_batch.unwrap_or(batch.len()).max(1);
         let mut value = 0.0;
+        // One part: the backward's gradients as they are. Several: summed, flattened.
+        let mut whole = None;
         let mut grads: Vec<Option<Tensor<B::InnerBackend, 1>>> = Vec::new();
         for part in batch.chunks(micro) {
             let (x, y) = train_set.rows(part);
@@ -317,6 +319,10 @@ pub fn train<B: AutodiffBackend>(
                 loss = loss.mul_scalar(part.len() as f64 / batch.len() as f64);
             }
             value += loss.clone().into_scalar().elem::<f64>();
+            if part.len() == batch.len() {
+                whole = Some(loss.backward());
+                continue;
+            }
             let g = flat_grads::<B, _>(&model, &loss.backward());
             grads = if grads.is_empty() {
                 g
@@ -343,7 +349,10 @@ pub fn train<B: AutodiffBackend>(
                 checkpoint: last_ckpt,
             });
         }
-        model = sgd.step_flat(model, &grads, lr);
+        model = match &whole {
+            Some(g) => sgd.step(model, g, lr),
+            None => sgd.step_flat(model, &grads, lr),
+        };
         train_s += t0.elapsed().as_secs_f64();
 
         let done = step + 1;
