@@ -361,6 +361,26 @@ impl<B: Backend> Net<B> {
         let mut saved = Vec::new();
         // The tangents' counterpart of parametric layer `li`.
         let tangent_layer = |k: usize, li: usize| &tangents[k].layers[li];
+        // Every parametric layer is bilinear in (input, parameters): z = l(a) and
+        // dz = l(da) + t(a), with t the tangent network's layer (holding dθ).
+        macro_rules! bilinear {
+            ($layer:ident, $dual:ident, $a:expr, $da:expr) => {{
+                let Layer::$layer(l) = &self.layers[li] else {
+                    unreachable!("layers follow stages")
+                };
+                let dz = tangent_outputs(
+                    &$a,
+                    $da,
+                    |d| l.linear(d),
+                    |k, a| match tangent_layer(k, li) {
+                        Layer::$layer(t) => t.forward(a, &mut NoTap),
+                        _ => unreachable!("same architecture"),
+                    },
+                );
+                li += 1;
+                Dual::$dual(l.forward($a, &mut NoTap), dz)
+            }};
+        }
         for stage in &self.arch.stages {
             v = match (stage, v) {
                 (Stage::SaveSkip, v) => {
@@ -368,56 +388,9 @@ impl<B: Backend> Net<B> {
                     v
                 }
                 (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
-                // Every parametric layer is bilinear in (input, parameters):
-                // z = l(a), dz = l(da) + t(a) with t the layer holding dθ.
-                (Stage::Dense { .. }, Dual::Flat(a, da)) => {
-                    let Layer::Dense(l) = &self.layers[li] else {
-                        unreachable!("layers follow stages")
-                    };
-                    let dz = tangent_outputs(
-                        &a,
-                        da,
-                        |d| l.linear(d),
-                        |k, a| match tangent_layer(k, li) {
-                            Layer::Dense(t) => t.forward(a, &mut NoTap),
-                            _ => unreachable!("same architecture"),
-                        },
-                    );
-                    li += 1;
-                    Dual::Flat(l.forward(a, &mut NoTap), dz)
-                }
-                (Stage::Conv { .. }, Dual::Image(a, da)) => {
-                    let Layer::Conv(l) = &self.layers[li] else {
-                        unreachable!("layers follow stages")
-                    };
-                    let dz = tangent_outputs(
-                        &a,
-                        da,
-                        |d| l.linear(d),
-                        |k, a| match tangent_layer(k, li) {
-                            Layer::Conv(t) => t.forward(a, &mut NoTap),
-                            _ => unreachable!("same architecture"),
-                        },
-                    );
-                    li += 1;
-                    Dual::Image(l.forward(a, &mut NoTap), dz)
-                }
-                (Stage::Hadamard, Dual::Flat(a, da)) => {
-                    let Layer::Hadamard(l) = &self.layers[li] else {
-                        unreachable!("layers follow stages")
-                    };
-                    let dz = tangent_outputs(
-                        &a,
-                        da,
-                        |d| l.linear(d),
-                        |k, a| match tangent_layer(k, li) {
-                            Layer::Hadamard(t) => t.forward(a, &mut NoTap),
-                            _ => unreachable!("same architecture"),
-                        },
-                    );
-                    li += 1;
-                    Dual::Flat(l.forward(a, &mut NoTap), dz)
-                }
+                (Stage::Dense { .. }, Dual::Flat(a, da)) => bilinear!(Dense, Flat, a, da),
+                (Stage::Conv { .. }, Dual::Image(a, da)) => bilinear!(Conv, Image, a, da),
+                (Stage::Hadamard, Dual::Flat(a, da)) => bilinear!(Hadamard, Flat, a, da),
                 (Stage::Act { activation }, Dual::Flat(a, da)) => {
                     let (z, dz) = activation.apply_jvp(a, da);
                     Dual::Flat(z, dz)
