@@ -11,7 +11,7 @@
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use noisegeom_models::{ParamInit, ParamSource};
 
 /// One level of autodiff over `B`.
@@ -106,20 +106,30 @@ pub fn flat_inner_grad<B: Backend, M: Module<Ad2<B>>>(
 
 /// Host values to a device vector.
 pub fn to_device<B: Backend>(v: &[f64], device: &B::Device) -> Tensor<B, 1> {
-    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+    to_device2(v, 1, v.len(), device).reshape([v.len()])
 }
 
-/// Host values to a device matrix.
+/// Host values to a device matrix, converted to the backend's float type on the host (one
+/// tight loop, rather than burn's element-by-element conversion).
 pub fn to_device2<B: Backend>(
     v: &[f64],
     rows: usize,
     cols: usize,
     device: &B::Device,
 ) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(v.to_vec(), [rows, cols]), device)
+    let host: Vec<B::FloatElem> = v.iter().map(|x| x.elem()).collect();
+    Tensor::from_data(TensorData::new(host, [rows, cols]), device)
 }
 
-/// A device tensor back to host f64, row-major.
+/// A device tensor back to host f64, row-major. f32 and f64 data are read as slices (burn's
+/// generic `iter` goes through a boxed iterator, element by element).
 pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data().iter::<f64>().collect()
+    let data = t.into_data();
+    if let Ok(s) = data.as_slice::<f32>() {
+        return s.iter().map(|&x| f64::from(x)).collect();
+    }
+    if let Ok(s) = data.as_slice::<f64>() {
+        return s.to_vec();
+    }
+    data.iter::<f64>().collect()
 }

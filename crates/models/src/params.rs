@@ -5,7 +5,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -144,7 +144,12 @@ impl<'a, B: Backend> FlatSource<'a, B> {
 
 impl<B: Backend> ParamSource<B> for FlatSource<'_, B> {
     fn param<const D: usize>(&mut self, shape: [usize; D], _: ParamInit) -> Param<Tensor<B, D>> {
-        let values = self.take(shape.iter().product());
+        // Converted to the backend's float type here, in one tight loop.
+        let values: Vec<B::FloatElem> = self
+            .take(shape.iter().product())
+            .into_iter()
+            .map(|x| x.elem())
+            .collect();
         Param::from_tensor(Tensor::from_data(
             TensorData::new(values, shape),
             self.device,
