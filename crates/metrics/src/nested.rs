@@ -76,6 +76,71 @@ pub fn flat_grad<A: AutodiffBackend, M: Module<A>>(
     Tensor::cat(c.out, 0)
 }
 
+/// acc += the gradient of every parameter of an autodiff module, in flat-θ order, read back
+/// tensor by tensor (no concatenated copy on the device). A matrix's gradient is read
+/// through its transpose: for x·Wᵀ the backward leaves it as a transposed view, whose
+/// transpose is contiguous, so the transposition is done on the host, in cache-sized
+/// blocks, as it is added.
+pub fn add_grad_to_host<A: AutodiffBackend, M: Module<A>>(
+    acc: &mut [f64],
+    module: &M,
+    grads: &A::Gradients,
+) {
+    struct Add<'a, A: AutodiffBackend> {
+        grads: &'a A::Gradients,
+        acc: &'a mut [f64],
+        offset: usize,
+    }
+    impl<A: AutodiffBackend> ModuleVisitor<A> for Add<'_, A> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            let t = param.val();
+            let n = t.shape().num_elements();
+            let dst = &mut self.acc[self.offset..self.offset + n];
+            self.offset += n;
+            let Some(g) = t.grad(self.grads) else { return };
+            let dims: Vec<usize> = g.dims().to_vec();
+            if D == 2 {
+                add_data(dst, g.swap_dims(0, 1).into_data(), Some((dims[0], dims[1])));
+            } else {
+                add_data(dst, g.into_data(), None);
+            }
+        }
+    }
+    module.visit(&mut Add::<A> {
+        grads,
+        acc,
+        offset: 0,
+    });
+}
+
+/// dst += src, or dst (an r×c matrix) += the transpose of src (c×r) when `transposed`.
+fn add_data(dst: &mut [f64], src: TensorData, transposed: Option<(usize, usize)>) {
+    fn add<E: Copy + Into<f64>>(dst: &mut [f64], src: &[E], transposed: Option<(usize, usize)>) {
+        const T: usize = 64;
+        match transposed {
+            None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v.into()),
+            Some((r, c)) => {
+                for i0 in (0..r).step_by(T) {
+                    for j0 in (0..c).step_by(T) {
+                        for i in i0..(i0 + T).min(r) {
+                            for j in j0..(j0 + T).min(c) {
+                                dst[i * c + j] += src[j * r + i].into();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(s) = src.as_slice::<f32>() {
+        add(dst, s, transposed);
+    } else if let Ok(s) = src.as_slice::<f64>() {
+        add(dst, s, transposed);
+    } else {
+        add(dst, &src.iter::<f64>().collect::<Vec<_>>(), transposed);
+    }
+}
+
 /// The gradient with respect to the inner leaves of an `Ad2<B>` module (built with
 /// `inner_grad`), flattened in flat-θ order.
 pub fn flat_inner_grad<B: Backend, M: Module<Ad2<B>>>(

@@ -13,7 +13,8 @@ use noisegeom_models::{Arch, FlatSource, Net};
 
 use crate::GeometryError;
 use crate::nested::{
-    Ad, Ad2, NestedSource, flat_grad, flat_inner_grad, to_device, to_device2, to_host,
+    Ad, Ad2, NestedSource, add_grad_to_host, flat_grad, flat_inner_grad, to_device, to_device2,
+    to_host,
 };
 
 /// The probe set and θ, with the networks each product needs.
@@ -306,7 +307,7 @@ impl<B: Backend> ProbeOps<B> {
                 .net_ad
                 .forward(Tensor::from_inner(self.x.clone().narrow(0, s, len)));
             let grads = (out * wc).sum().backward();
-            add(&mut acc, &to_host(flat_grad(&self.net_ad, &grads)));
+            add_grad_to_host(&mut acc, &self.net_ad, &grads);
         }
         acc
     }
@@ -388,7 +389,7 @@ impl<B: Backend> ProbeOps<B> {
             let (f, jv) = self.net_ad.jvp(x, &tangent);
             let Some(jv) = jv else { continue };
             let grads = objective(f, jv, y).sum().mul_scalar(inv).backward();
-            add(&mut acc, &to_host(flat_grad(&self.net_ad, &grads)));
+            add_grad_to_host(&mut acc, &self.net_ad, &grads);
         }
         acc
     }
