@@ -212,8 +212,7 @@ pub fn measure<B: Backend>(
                 v
             })
             .collect();
-        let refs: Vec<&[f64]> = dirs.iter().map(Vec::as_slice).collect();
-        for q in ops.quad_forms_many(&refs) {
+        for q in ops.quad_forms_many(&dirs) {
             m.directional_random.push(directional(&q, two_l, zero));
         }
         seconds.push(("directional".into(), t.elapsed().as_secs_f64()));

@@ -315,14 +315,31 @@ impl<B: Backend> ProbeOps<B> {
     /// Jv for v ∈ R^p, exact, in forward mode: one pass carrying the tangent through the
     /// network ([`Net::jvp`]), about twice a forward in cost and with no autodiff graph.
     pub fn jvp(&self, v: &[f64]) -> Vec<f64> {
-        assert_eq!(v.len(), self.p, "parameter-space vector length");
-        let tangent = Net::<B>::build(self.arch.clone(), &mut FlatSource::new(&self.device, v))
-            .expect("the architecture was validated when the plain network was built");
-        let mut out = Vec::with_capacity(self.n * self.c);
-        for (s, len) in self.chunks() {
-            match self.net.jvp(self.x.clone().narrow(0, s, len), &tangent).1 {
-                Some(jv) => out.extend(to_host(jv)),
-                None => out.resize(out.len() + len * self.c, 0.0),
+        self.jvp_many(&[v]).remove(0)
+    }
+
+    /// [`Self::jvp`] along several directions, one forward-mode pass per chunk carrying all
+    /// of them ([`Net::jvp_many`]): the primal forward is shared. Each direction holds a
+    /// tangent copy of the network and its activations, so callers pass a few at a time.
+    pub fn jvp_many<V: AsRef<[f64]>>(&self, dirs: &[V]) -> Vec<Vec<f64>> {
+        let tangents: Vec<Net<B>> = dirs
+            .iter()
+            .map(|u| {
+                let u = u.as_ref();
+                assert_eq!(u.len(), self.p, "parameter-space vector length");
+                Net::<B>::build(self.arch.clone(), &mut FlatSource::new(&self.device, u))
+                    .expect("the architecture was validated when the plain network was built")
+            })
+            .collect();
+        let refs: Vec<&Net<B>> = tangents.iter().collect();
+        let mut out = vec![Vec::with_capacity(self.n * self.c); dirs.len()];
+        for (start, len) in self.chunks() {
+            let x = self.x.clone().narrow(0, start, len);
+            for (jv_host, jv) in out.iter_mut().zip(self.net.jvp_many(x, &refs).1) {
+                match jv {
+                    Some(jv) => jv_host.extend(to_host(jv)),
+                    None => jv_host.resize(jv_host.len() + len * self.c, 0.0),
+                }
             }
         }
         out
@@ -454,32 +471,12 @@ impl<B: Backend> ProbeOps<B> {
     }
 
     /// [`Self::quad_forms`] for each direction, from JVPs that share each chunk's forward
-    /// pass ([`Net::jvp_many`], up to [`DIRECTIONS_PER_PASS`] directions at a time).
-    pub fn quad_forms_many(&self, dirs: &[&[f64]]) -> Vec<QuadForms> {
-        let mut out = Vec::with_capacity(dirs.len());
-        for group in dirs.chunks(DIRECTIONS_PER_PASS) {
-            let tangents: Vec<Net<B>> = group
-                .iter()
-                .map(|u| {
-                    assert_eq!(u.len(), self.p, "parameter-space vector length");
-                    Net::<B>::build(self.arch.clone(), &mut FlatSource::new(&self.device, u))
-                        .expect("the architecture was validated when the plain network was built")
-                })
-                .collect();
-            let refs: Vec<&Net<B>> = tangents.iter().collect();
-            let mut s = vec![Vec::with_capacity(self.n * self.c); group.len()];
-            for (start, len) in self.chunks() {
-                let x = self.x.clone().narrow(0, start, len);
-                for (sk, jv) in s.iter_mut().zip(self.net.jvp_many(x, &refs).1) {
-                    match jv {
-                        Some(jv) => sk.extend(to_host(jv)),
-                        None => sk.resize(sk.len() + len * self.c, 0.0),
-                    }
-                }
-            }
-            out.extend(s.iter().map(|s| self.forms(s)));
-        }
-        out
+    /// pass ([`Self::jvp_many`], [`DIRECTIONS_PER_PASS`] directions at a time).
+    pub fn quad_forms_many<V: AsRef<[f64]>>(&self, dirs: &[V]) -> Vec<QuadForms> {
+        dirs.chunks(DIRECTIONS_PER_PASS)
+            .flat_map(|group| self.jvp_many(group))
+            .map(|s| self.forms(&s))
+            .collect()
     }
 
     /// The quadratic forms from s = Ju.

@@ -80,8 +80,7 @@ fn operators_match_dense_ground_truth() {
         // forward; more directions than one pass takes, and a zero direction).
         let mut dirs: Vec<Vec<f64>> = (0..11).map(|k| test_vector(np, 10 + k)).collect();
         dirs.push(vec![0.0; np]);
-        let refs: Vec<&[f64]> = dirs.iter().map(Vec::as_slice).collect();
-        for (u, q) in dirs.iter().zip(ops.quad_forms_many(&refs)) {
+        for (u, q) in dirs.iter().zip(ops.quad_forms_many(&dirs)) {
             let form =
                 |m: &Vec<Vec<f64>>| -> f64 { u.iter().zip(matvec(m, u)).map(|(a, b)| a * b).sum() };
             let (ugu, umu) = (form(&truth.g), form(&truth.m));
