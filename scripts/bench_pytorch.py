@@ -8,6 +8,8 @@ Same models, shapes and float32 as the Rust side:
   lanczos-fnn : 30 Lanczos steps on G (full reorthogonalisation, float64 basis) + 10 Ritz residuals
   gram-mu-fnn : the exact nc x nc Gram by the layer-wise trick (per-output backward passes that
                 reuse one forward with retain_graph), then mu
+  mu-fnn      : the exact mu from the same (output, output) blocks, K never stored: the traces
+                are accumulated block by block (in float64), as noisegeom's streamed mu does
   alpha-fnn   : u^T Sigma u along 10 directions (one JVP each)
   sgemm       : [1024, 512] x [512, 1024]
 
@@ -76,7 +78,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json")
-    ap.add_argument("--workloads", default="train-fnn,train-cnn,gv-fnn,hv-fnn,lanczos-fnn,gram-mu-fnn,alpha-fnn,sgemm")
+    ap.add_argument("--workloads", default="train-fnn,train-cnn,gv-fnn,hv-fnn,lanczos-fnn,gram-mu-fnn,mu-fnn,alpha-fnn,sgemm")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -189,29 +191,34 @@ def main():
                     res.append(float((gv(u.float()).double() - vals[-1 - i] * u).norm()))
                 return vals, res
             warm, times = timeit(lanczos, a.repeats, sync); record("lanczos-fnn", warm, times, lambda m: 1 / m, "runs/s")
+        def layerwise():
+            # Layer-wise trick: pre-activation gradients per output o from one forward.
+            acts, pre = [], []
+            h = x
+            layers = [m for m in model if isinstance(m, nn.Linear)]
+            for i, lin in enumerate(layers):
+                acts.append(torch.cat([h, torch.ones(n, 1, device=dev)], 1))
+                z = F.linear(h, params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]).requires_grad_(True) if i == 0 else F.linear(h, params[f"{2 * i}.weight"], params[f"{2 * i}.bias"])
+                z.retain_grad(); pre.append(z)
+                h = torch.relu(z) if i < len(layers) - 1 else z
+            deltas = [[None] * c for _ in layers]
+            for o in range(c):
+                for z in pre:
+                    z.grad = None
+                h[:, o].sum().backward(retain_graph=o < c - 1)
+                for li, z in enumerate(pre):
+                    deltas[li][o] = z.grad.detach().clone()
+            S = [a_ @ a_.T for a_ in acts]
+            # block(o, o2)[i, j] = K[(i, o), (j, o2)]
+            return lambda o, o2: sum(S[l] * (deltas[l][o] @ deltas[l][o2].T) for l in range(len(layers))).double()
+
         if "gram-mu-fnn" in wl:
             def gram_mu():
-                # Layer-wise trick: pre-activation gradients per output o from one forward.
-                acts, pre = [], []
-                h = x
-                layers = [m for m in model if isinstance(m, nn.Linear)]
-                for i, lin in enumerate(layers):
-                    acts.append(torch.cat([h, torch.ones(n, 1, device=dev)], 1))
-                    z = F.linear(h, params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]).requires_grad_(True) if i == 0 else F.linear(h, params[f"{2 * i}.weight"], params[f"{2 * i}.bias"])
-                    z.retain_grad(); pre.append(z)
-                    h = torch.relu(z) if i < len(layers) - 1 else z
-                deltas = [[None] * c for _ in layers]
-                for o in range(c):
-                    for z in pre:
-                        z.grad = None
-                    h[:, o].sum().backward(retain_graph=o < c - 1)
-                    for li, z in enumerate(pre):
-                        deltas[li][o] = z.grad.detach().clone()
-                S = [a_ @ a_.T for a_ in acts]
+                block = layerwise()
                 K = torch.zeros(n * c, n * c, dtype=torch.float64, device=dev)
                 for o in range(c):
                     for o2 in range(o, c):
-                        blk = sum(S[l] * (deltas[l][o] @ deltas[l][o2].T) for l in range(len(layers))).double()
+                        blk = block(o, o2)
                         K[o::c, o2::c] = blk
                         K[o2::c, o::c] = blk.T
                 ev = e.double().reshape(-1)
@@ -224,6 +231,25 @@ def main():
                 twol = (ev ** 2).sum() / n
                 return float((trmg - gg) / (twol * Kf))
             warm, times = timeit(gram_mu, a.repeats, sync); record("gram-mu-fnn", warm, times, lambda m: 1 / m, "runs/s")
+        if "mu-fnn" in wl:
+            def mu():
+                block = layerwise()
+                ev = e.double()
+                # Q[o][j, i] = sum_o2 K[(j, o), (i, o2)] e[i, o2]
+                Q = torch.zeros(c, n, n, dtype=torch.float64, device=dev)
+                fro2 = 0.0
+                for o in range(c):
+                    for o2 in range(o, c):
+                        blk = block(o, o2)
+                        fro2 += (1 if o == o2 else 2) * (blk ** 2).sum()
+                        Q[o] += blk * ev[:, o2][None, :]
+                        if o2 != o:
+                            Q[o2] += blk.T * ev[:, o][None, :]
+                trmg = (Q ** 2).sum() / n ** 2
+                gg = (Q.sum(2) ** 2).sum() / n ** 3
+                twol = (ev ** 2).sum() / n
+                return float((trmg - gg) / (twol * fro2 / n ** 2))
+            warm, times = timeit(mu, a.repeats, sync); record("mu-fnn", warm, times, lambda m: 1 / m, "runs/s")
 
     doc = dict(env=dict(torch=torch.__version__, threads=a.threads, device=str(dev)), timings=results)
     if a.json:

@@ -34,4 +34,6 @@ fn main() {
     println!("cargo:rerun-if-changed=../../.git/logs/HEAD");
     println!("cargo:rerun-if-changed=../../.git/index");
     println!("cargo:rerun-if-changed=../../Cargo.lock");
+    // Edited sources change the dirty flag without touching git's files.
+    println!("cargo:rerun-if-changed=../../crates");
 }

@@ -84,7 +84,9 @@ enum Command {
         /// Lanczos steps (default 2k + 20).
         #[arg(long)]
         lanczos_iters: Option<usize>,
-        /// exact (Gram), stochastic (Hutchinson), or auto (exact when it fits --max-gram-gb).
+        /// exact (Gram), stochastic (Hutchinson), or auto (exact when the Gram's features fit
+        /// --max-gram-gb, else Hutchinson). With exact, μ alone never stores K and recomputes
+        /// the features group by group past the budget (slower, same numbers).
         #[arg(long, value_enum, default_value = "auto")]
         method: MethodArg,
         /// Rademacher draws for the stochastic estimators.
@@ -96,7 +98,8 @@ enum Command {
         /// Samples per forward pass (bounds memory).
         #[arg(long, default_value_t = 256)]
         chunk: usize,
-        /// Memory budget for the exact Gram's per-sample features, in GB.
+        /// Memory budget for the exact Gram's per-sample features, in GB (K itself is stored
+        /// only for the exact spectrum).
         #[arg(long, default_value_t = 4.0)]
         max_gram_gb: f64,
         /// Results file (default: RUN_DIR/measure-step-N.json, or measure-<model>-init.json).
@@ -156,8 +159,10 @@ enum Command {
         backends: Vec<BackendKind>,
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,
-        /// Workloads (default: all): train-fnn, train-cnn, jv-fnn, jv-double-vjp-fnn, gv-fnn,
-        /// hv-fnn, hv-double-backward-fnn, lanczos-fnn, gram-mu-fnn, alpha-fnn, sgemm.
+        /// Workloads (default: all but the heavy ones): train-fnn, train-cnn, jv-fnn,
+        /// jv-double-vjp-fnn, gv-fnn, hv-fnn, hv-double-backward-fnn, lanczos-fnn, gram-mu-fnn,
+        /// mu-fnn, alpha-fnn, sgemm; heavy, run once when named: mu-cnn-4096 (exact μ of the
+        /// CNN over 4096 probe samples, features held to 3 GB; many minutes on 2 cores).
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         /// Timed repeats after the warm-up (the median is reported).

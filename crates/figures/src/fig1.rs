@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, EffDim, gaussian};
 use noisegeom_metrics::ProbeOps;
-use noisegeom_metrics::alignment::exact_alignment;
-use noisegeom_metrics::gram::gram;
+use noisegeom_metrics::alignment::exact_alignment_streamed;
+use noisegeom_metrics::gram::{FeatureBudget, TILE};
 use noisegeom_models::{Activation, InitScheme, ModelConfig, Net, RandomInit, flatten};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -236,7 +236,11 @@ impl Figure for Fig1 {
             };
             let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
             let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n, device)?;
-            let la = exact_alignment(&gram(&ops, n, 8 << 30)?, ops.residuals());
+            let budget = FeatureBudget {
+                max_bytes: 8 << 30,
+                recompute: false,
+            };
+            let la = exact_alignment_streamed(&ops, n, TILE, budget)?;
             match (la.mu.value(), la.mu_unc.value()) {
                 (Some(a), Some(b)) => {
                     mu.push(a);

@@ -4,11 +4,14 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::gram::Gram;
+#[cfg(doc)]
+use crate::gram::TILE;
+use crate::gram::{FeatureBudget, Gram, TilePair, for_each_tile_pair};
 use crate::lanczos::{LanczosResult, lanczos};
 use crate::linalg::sym_eig;
 use crate::ops::QuadForms;
 use crate::report::{Cutoffs, Ratio};
+use crate::{GeometryError, ProbeOps};
 
 /// Loss alignment and its ingredients.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +71,184 @@ pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
         two_l,
     }
     .finish(c, "exact (Gram)")
+}
+
+/// μ and μ_unc exactly, with the same sums as [`exact_alignment`] accumulated tile pair by
+/// tile pair ([`for_each_tile_pair`], `tile` samples a side; [`TILE`] is the default): K is
+/// never stored, and the per-sample features are
+/// recomputed group by group when they exceed the budget and `budget.recompute` is set.
+pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
+    ops: &ProbeOps<B>,
+    chunk: usize,
+    tile: usize,
+    budget: FeatureBudget,
+) -> Result<LossAlignment, GeometryError> {
+    let (n, c) = (ops.n, ops.c);
+    let e = ops.residuals();
+    let mut acc = StreamedTraces {
+        c,
+        trace: 0.0,
+        fro2: 0.0,
+        q2: 0.0,
+        ke: vec![0.0; n * c],
+    };
+    let groups = for_each_tile_pair(ops, chunk, tile, budget, |pair| acc.add(&pair, e))?;
+    let nf = n as f64;
+    let tr_mg = acc.q2 / (nf * nf);
+    let grad_g_grad = acc.ke.iter().map(|v| v * v).sum::<f64>() / (nf * nf * nf);
+    Ok(Traces {
+        tr_sg: tr_mg - grad_g_grad,
+        tr_mg,
+        grad_g_grad,
+        g_fro2: acc.fro2 / (nf * nf),
+        trace_g: acc.trace / nf,
+        two_l: e.iter().map(|v| v * v).sum::<f64>() / nf,
+    }
+    .finish(
+        c,
+        &if groups > 1 {
+            format!("exact (Gram, streamed; features recomputed in {groups} groups)")
+        } else {
+            "exact (Gram, streamed)".to_string()
+        },
+    ))
+}
+
+/// The sums behind [`exact_alignment`], over K's tile pairs: Tr K, ||K||_F², Σ q² and Ke,
+/// with q[(j,o), i] = Σ_o' K[(j,o),(i,o')] e[i,o'] for every row (j,o) and column sample i.
+struct StreamedTraces {
+    c: usize,
+    trace: f64,
+    fro2: f64,
+    q2: f64,
+    ke: Vec<f64>,
+}
+
+impl StreamedTraces {
+    /// Adds one tile pair: the rows of `pair.rows` against the column samples of
+    /// `pair.cols` and, off the diagonal, the mirror image (rows of `pair.cols` against the
+    /// column samples of `pair.rows`). Rows in parallel, in fixed groups of `R`, summed in
+    /// order: the result does not depend on the thread count.
+    fn add(&mut self, pair: &TilePair<'_>, e: &[f64]) {
+        const R: usize = 8;
+        let c = self.c;
+        let (bi, bj, diag) = (pair.rows.len(), pair.cols.len(), pair.diag);
+        // A diagonal pair's blocks o2 < o, transposed from o2 > o (in parallel), so that
+        // every row has all c² blocks.
+        let lower: Vec<Vec<f64>> = if diag {
+            (0..c * c)
+                .into_par_iter()
+                .map(|b| {
+                    let (o, o2) = (b / c, b % c);
+                    if o2 < o {
+                        transposed(bi, |j| pair.row(o2, o, j))
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let row = |o: usize, o2: usize, i: usize| -> &[f64] {
+            if diag && o2 < o {
+                &lower[o * c + o2][i * bi..(i + 1) * bi]
+            } else {
+                pair.row(o, o2, i)
+            }
+        };
+        // Column samples' residuals, output-major: et[o2·bj + j] = e[cols.start + j, o2].
+        let mut et = vec![0.0; c * bj];
+        for j in 0..bj {
+            for o2 in 0..c {
+                et[o2 * bj + j] = e[(pair.cols.start + j) * c + o2];
+            }
+        }
+        let ke_rows = &mut self.ke[pair.rows.start * c..pair.rows.end * c];
+        let parts: Vec<(f64, f64, f64, Vec<f64>)> = ke_rows
+            .par_chunks_mut(R * c)
+            .enumerate()
+            .map(|(ci, ke_rows)| {
+                let (mut fro2, mut q2, mut tr) = (0.0, 0.0, 0.0);
+                let mut mirror = vec![0.0; if diag { 0 } else { c * bj }];
+                let mut q = vec![0.0; bj];
+                let mut mq = vec![0.0; if diag { 0 } else { c * bj }];
+                for (li, ke_i) in ke_rows.chunks_exact_mut(c).enumerate() {
+                    let i = ci * R + li;
+                    let ei = &e[(pair.rows.start + i) * c..][..c];
+                    mq.fill(0.0);
+                    for o in 0..c {
+                        q.fill(0.0);
+                        for o2 in 0..c {
+                            let row = row(o, o2, i);
+                            fro2 += sum_sq(row);
+                            for ((qj, v), ej) in q.iter_mut().zip(row).zip(&et[o2 * bj..]) {
+                                *qj += v * ej;
+                            }
+                            if !diag {
+                                let w = ei[o];
+                                for (m, v) in mq[o2 * bj..(o2 + 1) * bj].iter_mut().zip(row) {
+                                    *m += v * w;
+                                }
+                            } else if o == o2 {
+                                tr += row[i];
+                            }
+                        }
+                        q2 += sum_sq(&q);
+                        ke_i[o] += q.iter().sum::<f64>();
+                    }
+                    if !diag {
+                        q2 += sum_sq(&mq);
+                        for (m, x) in mirror.iter_mut().zip(&mq) {
+                            *m += x;
+                        }
+                    }
+                }
+                (fro2, q2, tr, mirror)
+            })
+            .collect();
+        let weight = if diag { 1.0 } else { 2.0 };
+        for (fro2, q2, tr, mirror) in parts {
+            self.fro2 += weight * fro2;
+            self.q2 += q2;
+            self.trace += tr;
+            for (o2, m) in mirror.chunks_exact(bj.max(1)).enumerate() {
+                for (j, v) in m.iter().enumerate() {
+                    self.ke[(pair.cols.start + j) * c + o2] += v;
+                }
+            }
+        }
+    }
+}
+
+/// Σ v², in four lanes (so that it vectorises; the order is fixed).
+fn sum_sq(v: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let mut it = v.chunks_exact(4);
+    for x in &mut it {
+        for (l, y) in lanes.iter_mut().zip(x) {
+            *l += y * y;
+        }
+    }
+    let tail: f64 = it.remainder().iter().map(|y| y * y).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
+}
+
+/// The transpose of the `m × m` matrix whose row r is `row(r)`, in 32×32 tiles.
+fn transposed<'a>(m: usize, row: impl Fn(usize) -> &'a [f64]) -> Vec<f64> {
+    const T: usize = 32;
+    let mut t = vec![0.0; m * m];
+    for r0 in (0..m).step_by(T) {
+        for c0 in (0..m).step_by(T) {
+            for r in r0..(r0 + T).min(m) {
+                let src = row(r);
+                for col in c0..(c0 + T).min(m) {
+                    t[col * m + r] = src[col];
+                }
+            }
+        }
+    }
+    t
 }
 
 /// The traces μ is built from, however they were obtained.

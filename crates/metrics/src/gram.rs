@@ -14,12 +14,21 @@
 //!   each (i, o) and contributes R Rᵀ;
 //! - Hadamard `z = a ⊙ w`: the gradient a_i ⊙ δ_{i,o} is formed and contributes R Rᵀ.
 //!
-//! K is returned on the host in f64, sample-major: row `i·c + o`, so the c×c block (i, j) is
-//! K_ij = J_i J_jᵀ.
+//! K is built tile pair by tile pair ([`for_each_tile_pair`]): for two tiles of samples, each
+//! layer's (output, output) products are formed on the device, and their sum over layers
+//! (an affine layer's weighted by its inputs' sample Gram) in f64 on the host. Only tile pairs
+//! on and above the diagonal are formed (K is symmetric), and within a diagonal pair only
+//! output pairs o ≤ o2. A consumer sees each pair once, in a fixed order:
 //!
-//! Only the upper triangle of tile pairs is computed (K is symmetric). Each tile pair's
-//! (output, output) blocks are gathered on the host and written into K row by row, and the
-//! mirror image by a blocked transpose, so the writes into the (nc)² matrix stay contiguous.
+//! - [`gram`] writes them into K, on the host in f64, sample-major: row `i·c + o`, so the
+//!   c×c block (i, j) is K_ij = J_i J_jᵀ; rows are written contiguously and the mirror image
+//!   by a blocked transpose;
+//! - [`crate::alignment::exact_alignment_streamed`] accumulates μ's traces and never stores K.
+//!
+//! The per-sample features of all n samples are kept when they fit the byte budget. When they
+//! do not and recomputation is allowed, the samples are split into groups (two, and the one
+//! being built, fit the budget): each group is kept while the later groups are recomputed and
+//! streamed past it, so memory is bounded at the cost of recomputing features.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::unfold4d;
@@ -31,7 +40,7 @@ use rayon::prelude::*;
 
 use noisegeom_models::{ConvGeom, Stage, Tap};
 
-use crate::nested::{Ad, to_host};
+use crate::nested::{Ad, to_host, with_slice};
 use crate::{GeometryError, ProbeOps};
 
 /// The Gram matrix and its shape.
@@ -176,31 +185,356 @@ impl<B: Backend> Feature<B> {
     }
 }
 
-/// Bytes the stored features of one sample take, per layer kind, for the memory check.
-fn feature_floats<B: Backend>(records: &[Record<B>], b: usize, c: usize) -> usize {
-    records
+impl<B: Backend> Feature<B> {
+    /// Floats stored, all samples of the chunk together.
+    fn floats(&self) -> usize {
+        match self {
+            Feature::Affine { a, delta } => a.shape().num_elements() + delta.shape().num_elements(),
+            Feature::Rows(r) => r.shape().num_elements(),
+        }
+    }
+}
+
+/// Samples per side of the tile pairs whose blocks are gathered on the host: the host buffer
+/// is about c(c+1)/2 · TILE² f64 (115 MB for c = 10).
+pub const TILE: usize = 512;
+
+/// How the per-sample features of the Gram may use memory.
+#[derive(Clone, Copy, Debug)]
+pub struct FeatureBudget {
+    /// Bytes the stored per-sample features may take.
+    pub max_bytes: usize,
+    /// When the features of all n samples exceed `max_bytes`: recompute them group by group
+    /// (one group resident, the others streamed past it) instead of failing.
+    pub recompute: bool,
+}
+
+/// One tile pair's (output, output) blocks of K on the host, read through
+/// [`TilePair::row`]. In a diagonal pair (`rows == cols`) block (o, o2) with o2 < o is block
+/// (o2, o) transposed and is not formed.
+pub struct TilePair<'a> {
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    pub diag: bool,
+    pub c: usize,
+    /// `blocks[o·c + o2]`: `[rows.len(), cols.len()]` row-major.
+    blocks: &'a [Vec<f64>],
+}
+
+impl TilePair<'_> {
+    /// K[(rows.start + i, o), (cols.start + j, o2)] for all j. In a diagonal pair o2 ≥ o.
+    pub fn row(&self, o: usize, o2: usize, i: usize) -> &[f64] {
+        debug_assert!(!self.diag || o2 >= o, "block ({o}, {o2}) is not formed");
+        let bj = self.cols.len();
+        &self.blocks[o * self.c + o2][i * bj..(i + 1) * bj]
+    }
+}
+
+/// The features of `tile`-sample tiles of samples `range`.
+struct Tile<B: Backend> {
+    start: usize,
+    len: usize,
+    feats: Vec<Feature<B>>,
+}
+
+/// Visits every tile pair (rows ≤ cols) of K over the probe set of `ops` once, in a fixed
+/// order, without storing K. Features are computed `chunk` samples at a time. When the
+/// features of all n samples fit `budget`, they are computed once; otherwise, if
+/// `budget.recompute`, the samples are split into groups of which two fit with room for
+/// the one being built, each group is kept while the later groups are recomputed and
+/// streamed past it; else this fails with a clear message. Returns the number of groups (1
+/// when nothing was recomputed).
+pub fn for_each_tile_pair<B: Backend>(
+    ops: &ProbeOps<B>,
+    chunk: usize,
+    tile: usize,
+    budget: FeatureBudget,
+    mut visit: impl FnMut(TilePair<'_>),
+) -> Result<usize, GeometryError> {
+    let (n, c) = (ops.n, ops.c);
+    let late_copies = late_copies(ops);
+    let per_sample = feature_bytes_per_sample(ops);
+    let need = n * per_sample;
+    let group = if need <= budget.max_bytes {
+        n
+    } else if budget.recompute {
+        budget.max_bytes / (3 * per_sample.max(1))
+    } else {
+        return Err(GeometryError::Budget(format!(
+            "the exact Gram needs about {:.1} GB of per-sample features for n = {n} probe samples and c = {c} outputs (limit {:.1} GB); lower the probe size, raise the limit, or use the stochastic (Hutchinson) estimator",
+            need as f64 / 1e9,
+            budget.max_bytes as f64 / 1e9
+        )));
+    };
+    if group == 0 {
+        return Err(GeometryError::Budget(format!(
+            "one probe sample's Gram features take {:.2} GB, more than a third of the {:.2} GB limit; raise the limit or use the stochastic (Hutchinson) estimator",
+            per_sample as f64 / 1e9,
+            budget.max_bytes as f64 / 1e9
+        )));
+    }
+    let chunk = chunk.clamp(1, group);
+    let tile = tile.clamp(1, chunk);
+    let tiles_of = |range: Range<usize>| -> Vec<Tile<B>> {
+        let mut tiles = Vec::new();
+        for start in range.clone().step_by(chunk) {
+            let b = chunk.min(range.end - start);
+            let feats = chunk_features(ops, start, b, late_copies);
+            for t0 in (0..b).step_by(tile) {
+                let t = tile.min(b - t0);
+                tiles.push(Tile {
+                    start: start + t0,
+                    len: t,
+                    feats: feats.iter().map(|f| f.samples(b, c, t0, t)).collect(),
+                });
+            }
+        }
+        tiles
+    };
+    let mut blocks = Vec::new();
+    let mut pair = |a: &Tile<B>, b: &Tile<B>| {
+        let diag = a.start == b.start;
+        pair_blocks(a, b, c, diag, &mut blocks);
+        visit(TilePair {
+            rows: a.start..a.start + a.len,
+            cols: b.start..b.start + b.len,
+            diag,
+            c,
+            blocks: &blocks,
+        });
+    };
+    for g0 in (0..n).step_by(group) {
+        let resident = tiles_of(g0..(g0 + group).min(n));
+        for (ti, a) in resident.iter().enumerate() {
+            for b in &resident[ti..] {
+                pair(a, b);
+            }
+        }
+        for h0 in (g0 + group..n).step_by(group) {
+            let streamed = tiles_of(h0..(h0 + group).min(n));
+            for a in &resident {
+                for b in &streamed {
+                    pair(a, b);
+                }
+            }
+        }
+    }
+    Ok(n.div_ceil(group))
+}
+
+/// The bytes of per-sample features the Gram stores for one probe sample (all c outputs),
+/// from one sample's features.
+pub fn feature_bytes_per_sample<B: Backend>(ops: &ProbeOps<B>) -> usize {
+    chunk_features(ops, 0, 1, late_copies(ops))
         .iter()
-        .map(|r| match r {
-            Record::Dense { input, probe, .. } => input.dims()[1] + 1 + c * probe.dims()[1],
+        .map(Feature::floats)
+        .sum::<usize>()
+        * std::mem::size_of::<B::FloatElem>()
+}
+
+/// Samples do not interact, so the c copies of a batch only differ from the first
+/// parametric layer on: the forward before it runs once, unless a residual shortcut is
+/// saved there (it would then be added to the copies).
+fn late_copies<B: Backend>(ops: &ProbeOps<B>) -> bool {
+    let mut before = ops.arch.stages.iter().take_while(|s| {
+        !matches!(
+            s,
+            Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
+        )
+    });
+    !before.any(|s| matches!(s, Stage::SaveSkip)) && ops.arch.num_params() > 0
+}
+
+/// One forward over samples `start..start + b` (c copies) and one backward of
+/// Σ_{i,o} f_o(x_i)·[copy = o]: each parametric layer's per-sample features.
+fn chunk_features<B: Backend>(
+    ops: &ProbeOps<B>,
+    start: usize,
+    b: usize,
+    late_copies: bool,
+) -> Vec<Feature<B>> {
+    let c = ops.c;
+    let x = ops.x.clone().narrow(0, start, b);
+    let x = if late_copies { x } else { x.repeat_dim(0, c) };
+    let mut tap = GramTap {
+        records: Vec::new(),
+        copies: if late_copies { c } else { 1 },
+    };
+    let out = ops
+        .net_frozen()
+        .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
+    let _ = out.clone().inner().narrow(0, 0, 1).into_data();
+    let mut sel = vec![0.0f64; c * b * c];
+    for o in 0..c {
+        for i in 0..b {
+            sel[(o * b + i) * c + o] = 1.0;
+        }
+    }
+    let sel = Tensor::<Ad<B>, 2>::from_data(TensorData::new(sel, [c * b, c]), &ops.device);
+    let grads = (out * sel).sum().backward();
+    let mut feats = Vec::with_capacity(tap.records.len());
+    for rec in tap.records {
+        feats.push(match rec {
+            Record::Dense { input, probe, bias } => {
+                let delta = probe.grad(&grads).expect("probe reached");
+                let a = input.narrow(0, 0, b);
+                let a = if bias {
+                    let ones = Tensor::<B, 2>::ones([b, 1], &ops.device);
+                    Tensor::cat(vec![a, ones], 1)
+                } else {
+                    a
+                };
+                Feature::Affine { a, delta }
+            }
             Record::Conv {
                 input,
                 probe,
                 geom,
                 bias,
             } => {
-                let [_, cin, _, _] = input.dims();
-                let cout = probe.dims()[1];
-                c * (cout * cin * geom.kernel * geom.kernel + if *bias { cout } else { 0 })
+                let delta = probe.grad(&grads).expect("probe reached");
+                let [rows, cout, h, w] = delta.dims();
+                let delta = delta.reshape([rows, cout, h * w]);
+                // Patches of the first copy, repeated for the c copies: [c·b, P, cin·k²].
+                let u = unfold4d(
+                    input.narrow(0, 0, b),
+                    [geom.kernel, geom.kernel],
+                    UnfoldOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1]),
+                )
+                .repeat_dim(0, c)
+                .swap_dims(1, 2);
+                let gw = delta.clone().matmul(u); // [c·b, cout, cin·k²]
+                let [_, _, q] = gw.dims();
+                let mut parts = vec![gw.reshape([rows, cout * q])];
+                if bias {
+                    parts.push(delta.sum_dim(2).reshape([rows, cout]));
+                }
+                Feature::Rows(Tensor::cat(parts, 1))
             }
-            Record::Hadamard { input, .. } => c * input.dims()[1],
-        })
-        .sum::<usize>()
-        * b
+            Record::Hadamard { input, probe } => {
+                let delta = probe.grad(&grads).expect("probe reached");
+                Feature::Rows(input.narrow(0, 0, b).repeat_dim(0, c) * delta)
+            }
+        });
+    }
+    feats
 }
 
-/// Samples per side of the tile pairs whose blocks are gathered on the host before they are
-/// written into K: the host buffer is about c(c+1)/2 · TILE² f64 (115 MB for c = 10).
-const TILE: usize = 512;
+/// Every (output, output) block of the tile pair (a, b), in f64 on the host; in a diagonal
+/// pair only o ≤ o2. Each layer's product of backprop signals (or of gradient rows) is
+/// computed on the device; the sum over layers, with each affine layer's product weighted
+/// element-wise by its inputs' sample Gram, is formed on the host in one pass per block.
+fn pair_blocks<B: Backend>(
+    a: &Tile<B>,
+    b: &Tile<B>,
+    c: usize,
+    diag: bool,
+    blocks: &mut Vec<Vec<f64>>,
+) {
+    let (fi, fj, bi, bj) = (&a.feats, &b.feats, a.len, b.len);
+    // Per layer: an affine layer's inputs' sample Gram (the weight of its products, shared by
+    // all output pairs); a layer of gradient rows' product for all output pairs at once,
+    // [c·bi, c·bj] (one wide GEMM rather than c² narrow ones).
+    let per_layer: Vec<(Option<Vec<f64>>, Option<TensorData>)> = fi
+        .iter()
+        .zip(fj)
+        .map(|(a, b)| match (a, b) {
+            (Feature::Affine { a: ai, .. }, Feature::Affine { a: aj, .. }) => (
+                Some(to_host(ai.clone().matmul(aj.clone().transpose()))),
+                None,
+            ),
+            (Feature::Rows(ri), Feature::Rows(rj)) => (
+                None,
+                Some(ri.clone().matmul(rj.clone().transpose()).into_data()),
+            ),
+            _ => unreachable!("same layers in every chunk"),
+        })
+        .collect();
+    blocks.resize_with(c * c, Vec::new);
+    for o in 0..c {
+        for o2 in (if diag { o } else { 0 })..c {
+            // Each affine layer's product of backprop signals for this output pair.
+            let own: Vec<Option<TensorData>> = fi
+                .iter()
+                .zip(fj)
+                .map(|(a, b)| match (a, b) {
+                    (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) => Some(
+                        di.clone()
+                            .narrow(0, o * bi, bi)
+                            .matmul(dj.clone().narrow(0, o2 * bj, bj).transpose())
+                            .into_data(),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            let terms: Vec<Term<'_>> = per_layer
+                .iter()
+                .zip(&own)
+                .map(|((w, whole), own)| match (own, whole) {
+                    (Some(p), _) => Term {
+                        data: p,
+                        offset: 0,
+                        stride: bj,
+                        weight: w.as_deref(),
+                    },
+                    (None, Some(p)) => Term {
+                        data: p,
+                        offset: o * bi * c * bj + o2 * bj,
+                        stride: c * bj,
+                        weight: None,
+                    },
+                    (None, None) => unreachable!("every layer has a product"),
+                })
+                .collect();
+            weighted_sum(&mut blocks[o * c + o2], &terms, bi, bj);
+        }
+    }
+}
+
+/// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`,
+/// weighted element-wise by `weight` (`[bi, bj]`) when given.
+struct Term<'a> {
+    data: &'a TensorData,
+    offset: usize,
+    stride: usize,
+    weight: Option<&'a [f64]>,
+}
+
+/// `out` ← Σ_l w_l ⊙ p_l over the layers' terms, a `bi × bj` block in f64, summed in layer
+/// order, groups of rows in parallel. `out` is reused from pair to pair (no fresh pages to
+/// fault in).
+fn weighted_sum(out: &mut Vec<f64>, terms: &[Term<'_>], bi: usize, bj: usize) {
+    fn add<E: Copy + Into<f64>>(out: &mut [f64], p: &[E], w: Option<&[f64]>) {
+        match w {
+            Some(w) => {
+                for ((o, &p), w) in out.iter_mut().zip(p).zip(w) {
+                    *o += p.into() * w;
+                }
+            }
+            None => {
+                for (o, &p) in out.iter_mut().zip(p) {
+                    *o += p.into();
+                }
+            }
+        }
+    }
+    let rows = ((1 << 14) / bj.max(1)).max(1);
+    out.clear();
+    out.resize(bi * bj, 0.0);
+    out.par_chunks_mut(rows * bj)
+        .enumerate()
+        .for_each(|(k, out)| {
+            for t in terms {
+                with_slice!(t.data, p => {
+                    for (r, out) in out.chunks_exact_mut(bj).enumerate() {
+                        let i = k * rows + r;
+                        let w = t.weight.map(|w| &w[i * bj..(i + 1) * bj]);
+                        add(out, &p[t.offset + i * t.stride..][..bj], w);
+                    }
+                });
+            }
+        });
+}
 
 /// Computes K over the probe set of `ops`, `chunk` samples at a time. Fails with a clear
 /// message if the stored per-sample features would exceed `max_bytes`.
@@ -209,7 +543,7 @@ pub fn gram<B: Backend>(
     chunk: usize,
     max_bytes: usize,
 ) -> Result<Gram, GeometryError> {
-    gram_tiled(ops, chunk, chunk.min(TILE), max_bytes)
+    gram_tiled(ops, chunk, TILE, max_bytes)
 }
 
 /// [`gram`] with the host tile size given: the samples of each chunk are paired `tile` at a
@@ -223,180 +557,40 @@ pub fn gram_tiled<B: Backend>(
     max_bytes: usize,
 ) -> Result<Gram, GeometryError> {
     let (n, c) = (ops.n, ops.c);
-    let chunk = chunk.clamp(1, n);
-    let tile = tile.clamp(1, chunk);
-    let elem = std::mem::size_of::<B::FloatElem>();
-    // Samples do not interact, so the c copies of a batch only differ from the first
-    // parametric layer on: the forward before it runs once, unless a residual shortcut is
-    // saved there (it would then be added to the copies).
-    let late_copies = {
-        let mut before = ops.arch.stages.iter().take_while(|s| {
-            !matches!(
-                s,
-                Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
-            )
-        });
-        !before.any(|s| matches!(s, Stage::SaveSkip)) && ops.arch.num_params() > 0
-    };
-    let mut tiles: Vec<(usize, usize, Vec<Feature<B>>)> = Vec::new();
-    for start in (0..n).step_by(chunk) {
-        let b = chunk.min(n - start);
-        let x = ops.x.clone().narrow(0, start, b);
-        let x = if late_copies { x } else { x.repeat_dim(0, c) };
-        let mut tap = GramTap {
-            records: Vec::new(),
-            copies: if late_copies { c } else { 1 },
-        };
-        let out = ops
-            .net_frozen()
-            .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
-        let mut sel = vec![0.0f64; c * b * c];
-        for o in 0..c {
-            for i in 0..b {
-                sel[(o * b + i) * c + o] = 1.0;
-            }
-        }
-        let sel = Tensor::<Ad<B>, 2>::from_data(TensorData::new(sel, [c * b, c]), &ops.device);
-        if start == 0 {
-            let need = feature_floats(&tap.records, n, c) * elem;
-            if need > max_bytes {
-                return Err(GeometryError::Budget(format!(
-                    "the exact Gram needs about {:.1} GB of per-sample features for n = {n} probe samples and c = {c} outputs (limit {:.1} GB); lower the probe size, raise the limit, or use the stochastic (Hutchinson) estimator",
-                    need as f64 / 1e9,
-                    max_bytes as f64 / 1e9
-                )));
-            }
-        }
-        let grads = (out * sel).sum().backward();
-        let mut feats = Vec::with_capacity(tap.records.len());
-        for rec in tap.records {
-            feats.push(match rec {
-                Record::Dense { input, probe, bias } => {
-                    let delta = probe.grad(&grads).expect("probe reached");
-                    let a = input.narrow(0, 0, b);
-                    let a = if bias {
-                        let ones = Tensor::<B, 2>::ones([b, 1], &ops.device);
-                        Tensor::cat(vec![a, ones], 1)
-                    } else {
-                        a
-                    };
-                    Feature::Affine { a, delta }
-                }
-                Record::Conv {
-                    input,
-                    probe,
-                    geom,
-                    bias,
-                } => {
-                    let delta = probe.grad(&grads).expect("probe reached");
-                    let [rows, cout, h, w] = delta.dims();
-                    let delta = delta.reshape([rows, cout, h * w]);
-                    // Patches of the first copy, repeated for the c copies: [c·b, P, cin·k²].
-                    let u = unfold4d(
-                        input.narrow(0, 0, b),
-                        [geom.kernel, geom.kernel],
-                        UnfoldOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1]),
-                    )
-                    .repeat_dim(0, c)
-                    .swap_dims(1, 2);
-                    let gw = delta.clone().matmul(u); // [c·b, cout, cin·k²]
-                    let [_, _, q] = gw.dims();
-                    let mut parts = vec![gw.reshape([rows, cout * q])];
-                    if bias {
-                        parts.push(delta.sum_dim(2).reshape([rows, cout]));
-                    }
-                    Feature::Rows(Tensor::cat(parts, 1))
-                }
-                Record::Hadamard { input, probe } => {
-                    let delta = probe.grad(&grads).expect("probe reached");
-                    Feature::Rows(input.narrow(0, 0, b).repeat_dim(0, c) * delta)
-                }
-            });
-        }
-        for t0 in (0..b).step_by(tile) {
-            let t = tile.min(b - t0);
-            let part = feats.iter().map(|f| f.samples(b, c, t0, t)).collect();
-            tiles.push((start + t0, t, part));
-        }
-    }
-
     let dim = n * c;
     let mut k = vec![0.0; dim * dim];
-    for (ti, (si, bi, fi)) in tiles.iter().enumerate() {
-        for (tj, (sj, bj, fj)) in tiles.iter().enumerate().skip(ti) {
-            let diag = ti == tj;
-            // The sample Gram of every affine layer's inputs, shared by all output pairs.
-            let s: Vec<Option<Tensor<B, 2>>> = fi
-                .iter()
-                .zip(fj)
-                .map(|(a, b)| match (a, b) {
-                    (Feature::Affine { a: ai, .. }, Feature::Affine { a: aj, .. }) => {
-                        Some(ai.clone().matmul(aj.clone().transpose()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            // blocks[o·c + o2] = K[(si+i, o), (sj+j, o2)] as [bi, bj]; within a diagonal
-            // tile, block (o, o2) with o2 < o is block (o2, o) transposed and is not formed.
-            let mut blocks: Vec<Vec<f64>> = vec![Vec::new(); c * c];
-            for o in 0..c {
-                for o2 in (if diag { o } else { 0 })..c {
-                    let mut acc: Option<Tensor<B, 2>> = None;
-                    for ((a, b), s_ab) in fi.iter().zip(fj).zip(&s) {
-                        let term = match (a, b, s_ab) {
-                            (
-                                Feature::Affine { delta: di, .. },
-                                Feature::Affine { delta: dj, .. },
-                                Some(s_ab),
-                            ) => {
-                                let d = di
-                                    .clone()
-                                    .narrow(0, o * bi, *bi)
-                                    .matmul(dj.clone().narrow(0, o2 * bj, *bj).transpose());
-                                s_ab.clone() * d
+    let budget = FeatureBudget {
+        max_bytes,
+        recompute: false,
+    };
+    for_each_tile_pair(ops, chunk, tile, budget, |p| {
+        let (si, bi, sj, bj) = (p.rows.start, p.rows.len(), p.cols.start, p.cols.len());
+        let diag = p.diag;
+        // Rows (si+i, o) of K, columns (sj+j, o2): contiguous writes, c rows per sample,
+        // samples in parallel.
+        k[si * c * dim..(si + bi) * c * dim]
+            .par_chunks_mut(c * dim)
+            .enumerate()
+            .for_each(|(i, rows)| {
+                for (o, row) in rows.chunks_exact_mut(dim).enumerate() {
+                    let row = &mut row[sj * c..(sj + bj) * c];
+                    for o2 in 0..c {
+                        if diag && o2 < o {
+                            for j in 0..bj {
+                                row[j * c + o2] = p.row(o2, o, j)[i];
                             }
-                            (Feature::Rows(ri), Feature::Rows(rj), None) => ri
-                                .clone()
-                                .narrow(0, o * bi, *bi)
-                                .matmul(rj.clone().narrow(0, o2 * bj, *bj).transpose()),
-                            _ => unreachable!("same layers in every chunk"),
-                        };
-                        acc = Some(match acc {
-                            Some(x) => x + term,
-                            None => term,
-                        });
-                    }
-                    blocks[o * c + o2] = acc.map_or_else(|| vec![0.0; bi * bj], to_host);
-                }
-            }
-            // Rows (si+i, o) of K, columns (sj+j, o2): contiguous writes, c rows per sample,
-            // samples in parallel.
-            k[si * c * dim..(si + bi) * c * dim]
-                .par_chunks_mut(c * dim)
-                .enumerate()
-                .for_each(|(i, rows)| {
-                    for (o, row) in rows.chunks_exact_mut(dim).enumerate() {
-                        let row = &mut row[sj * c..(sj + bj) * c];
-                        for o2 in 0..c {
-                            if diag && o2 < o {
-                                let blk = &blocks[o2 * c + o];
-                                for j in 0..*bj {
-                                    row[j * c + o2] = blk[j * bi + i];
-                                }
-                            } else {
-                                let blk = &blocks[o * c + o2][i * bj..(i + 1) * bj];
-                                for (j, v) in blk.iter().enumerate() {
-                                    row[j * c + o2] = *v;
-                                }
+                        } else {
+                            for (j, v) in p.row(o, o2, i).iter().enumerate() {
+                                row[j * c + o2] = *v;
                             }
                         }
                     }
-                });
-            if !diag {
-                mirror(&mut k, dim, si * c..(si + bi) * c, sj * c..(sj + bj) * c);
-            }
+                }
+            });
+        if !diag {
+            mirror(&mut k, dim, si * c..(si + bi) * c, sj * c..(sj + bj) * c);
         }
-    }
+    })?;
     Ok(Gram { n, c, k })
 }
 

@@ -7,14 +7,19 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::alignment::{
-    Directional, LossAlignment, Spectrum, directional, exact_alignment, exact_spectrum,
+    Directional, LossAlignment, Spectrum, directional, exact_alignment, exact_alignment_streamed,
+    exact_spectrum,
 };
-use crate::gram::gram;
+use crate::gram::{FeatureBudget, TILE, gram};
 use crate::hutchinson::{Stochastic, hutchinson};
 use crate::lanczos::{Density, LanczosResult, lanczos, slq};
 use crate::ops::norm;
 use crate::report::{Cutoffs, Ratio, eps_of};
 use crate::{GeometryError, ProbeOps};
+
+/// The largest Gram (nc) whose full eigendecomposition `measure` computes (K/n is then
+/// 3.2 GB in f64).
+pub const EXACT_SPECTRUM_MAX_DIM: usize = 20_000;
 
 /// What to compute.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,7 +42,8 @@ pub struct MeasureOptions {
     pub hutchinson_samples: usize,
     pub slq_runs: usize,
     pub slq_iters: usize,
-    /// Byte budget for the exact Gram's per-sample features.
+    /// Byte budget for the exact Gram's per-sample features: `auto` falls back to Hutchinson
+    /// past it, `exact` computes μ with the features recomputed group by group.
     pub gram_max_bytes: usize,
     /// Samples per forward pass.
     pub chunk: usize,
@@ -170,19 +176,32 @@ pub fn measure<B: Backend>(
 
     if opt.mu || opt.directional {
         let t = Instant::now();
+        // The exact spectrum needs K itself; μ alone streams over K's tile pairs and, when
+        // `exact` is asked for, recomputes the features group by group past the budget.
+        let keep_k = opt.spectrum && ops.n * ops.c <= EXACT_SPECTRUM_MAX_DIM;
         let exact = match opt.method {
-            Method::Stochastic => None,
-            Method::Exact => Some(gram(ops, opt.chunk, opt.gram_max_bytes)?),
-            Method::Auto => gram(ops, opt.chunk, opt.gram_max_bytes).ok(),
+            Method::Stochastic => Ok(None),
+            _ if keep_k => gram(ops, opt.chunk, opt.gram_max_bytes)
+                .map(|k| Some((exact_alignment(&k, ops.residuals()), Some(k)))),
+            _ => {
+                let budget = FeatureBudget {
+                    max_bytes: opt.gram_max_bytes,
+                    recompute: opt.method == Method::Exact,
+                };
+                exact_alignment_streamed(ops, opt.chunk, TILE, budget).map(|la| Some((la, None)))
+            }
+        };
+        let exact = match exact {
+            Err(GeometryError::Budget(_)) if opt.method == Method::Auto => None,
+            other => other?,
         };
         match exact {
-            Some(k) => {
-                let la = exact_alignment(&k, ops.residuals());
+            Some((la, k)) => {
                 m.curvature.trace_g = Some(la.trace_g);
                 m.curvature.g_fro = Some(la.g_fro2.sqrt());
                 m.loss_alignment = Some(la);
                 seconds.push(("gram_and_mu".into(), t.elapsed().as_secs_f64()));
-                if opt.spectrum && k.dim() <= 20_000 {
+                if let Some(k) = k {
                     let t = Instant::now();
                     m.exact_spectrum = Some(exact_spectrum(&k, ops.residuals(), &cut));
                     seconds.push(("exact_spectrum".into(), t.elapsed().as_secs_f64()));

@@ -14,6 +14,26 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use noisegeom_models::{ParamInit, ParamSource};
 
+/// Evaluates `body` with `s` bound to the values of the `TensorData` `data` as a slice of
+/// their own type when that is f32 or f64 (read in place), else of f64 converted (burn's
+/// generic `iter` goes element by element through a boxed iterator). The body is compiled
+/// once per element type; both convert `Into<f64>`.
+macro_rules! with_slice {
+    ($data:expr, $s:ident => $body:expr) => {{
+        let data = &$data;
+        if let Ok($s) = data.as_slice::<f32>() {
+            $body
+        } else if let Ok($s) = data.as_slice::<f64>() {
+            $body
+        } else {
+            let owned: Vec<f64> = data.iter::<f64>().collect();
+            let $s = owned.as_slice();
+            $body
+        }
+    }};
+}
+pub(crate) use with_slice;
+
 /// One level of autodiff over `B`.
 pub type Ad<B> = Autodiff<B>;
 /// Two levels of autodiff over `B`.
@@ -132,13 +152,7 @@ fn add_data(dst: &mut [f64], src: TensorData, transposed: Option<(usize, usize)>
             }
         }
     }
-    if let Ok(s) = src.as_slice::<f32>() {
-        add(dst, s, transposed);
-    } else if let Ok(s) = src.as_slice::<f64>() {
-        add(dst, s, transposed);
-    } else {
-        add(dst, &src.iter::<f64>().collect::<Vec<_>>(), transposed);
-    }
+    with_slice!(src, s => add(dst, s, transposed))
 }
 
 /// The gradient with respect to the inner leaves of an `Ad2<B>` module (built with
@@ -189,12 +203,10 @@ pub fn to_device2<B: Backend>(
 /// A device tensor back to host f64, row-major. f32 and f64 data are read as slices (burn's
 /// generic `iter` goes through a boxed iterator, element by element).
 pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    let data = t.into_data();
-    if let Ok(s) = data.as_slice::<f32>() {
-        return s.iter().map(|&x| f64::from(x)).collect();
-    }
-    if let Ok(s) = data.as_slice::<f64>() {
-        return s.to_vec();
-    }
-    data.iter::<f64>().collect()
+    with_slice!(t.into_data(), s => s.iter().map(|&x| widen(x)).collect())
+}
+
+/// f32 or f64 to f64 (a generic function, so that the f64 instance is no lint's concern).
+fn widen<E: Into<f64>>(x: E) -> f64 {
+    x.into()
 }

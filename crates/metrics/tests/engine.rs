@@ -3,12 +3,14 @@
 mod common;
 
 use common::*;
-use noisegeom_metrics::alignment::{exact_alignment, exact_spectrum, top_spectrum};
-use noisegeom_metrics::gram::{gram, gram_tiled};
+use noisegeom_metrics::alignment::{
+    LossAlignment, exact_alignment, exact_alignment_streamed, exact_spectrum, top_spectrum,
+};
+use noisegeom_metrics::gram::{FeatureBudget, feature_bytes_per_sample, gram, gram_tiled};
 use noisegeom_metrics::hutchinson::hutchinson;
 use noisegeom_metrics::lanczos::lanczos;
 use noisegeom_metrics::linalg::sym_eig;
-use noisegeom_metrics::{Cutoffs, ProbeOps};
+use noisegeom_metrics::{Cutoffs, GeometryError, ProbeOps};
 
 fn trace_prod(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     let n = a.len();
@@ -43,33 +45,74 @@ fn gram_and_mu_match_dense() {
             err
         );
 
-        let la = exact_alignment(&k, ops.residuals());
-        let g_fro2: f64 = truth.g.iter().flatten().map(|v| v * v).sum();
-        let tr_sg = trace_prod(&truth.sigma, &truth.g);
-        let tr_mg = trace_prod(&truth.m, &truth.g);
-        let two_l = 2.0 * truth.loss;
-        let mu = tr_sg / (two_l * g_fro2);
-        let mu_unc = tr_mg / (two_l * g_fro2);
-        let got = la.mu.value().unwrap();
-        assert!(
-            (got - mu).abs() <= 1e-10 * mu.abs(),
-            "{}: μ {got} vs {mu}",
-            p.name
-        );
-        let got = la.mu_unc.value().unwrap();
-        assert!(
-            (got - mu_unc).abs() <= 1e-10 * mu_unc.abs(),
-            "{}: μ_unc {got} vs {mu_unc}",
-            p.name
-        );
-        assert!((la.g_fro2 - g_fro2).abs() <= 1e-10 * g_fro2);
-        let tr_g: f64 = (0..truth.g.len()).map(|i| truth.g[i][i]).sum();
-        assert!((la.trace_g - tr_g).abs() <= 1e-10 * tr_g);
-        assert_eq!(
-            la.c_mu.value().unwrap(),
-            la.mu.value().unwrap() * p.c as f64
-        );
+        check_alignment(&p.name, &exact_alignment(&k, ops.residuals()), &truth, p.c);
+
+        // Streamed (K never stored), features resident, in tiles of 3 across chunks of 4.
+        let resident = FeatureBudget {
+            max_bytes: 1 << 30,
+            recompute: false,
+        };
+        let la = exact_alignment_streamed(&ops, 4, 3, resident).unwrap();
+        check_alignment(&p.name, &la, &truth, p.c);
     }
+}
+
+/// The streamed μ when the features exceed the budget: recomputed in groups of 2 samples
+/// (the budget holds 7 samples' features, of 9; a group is a third of it), one group kept
+/// while the others stream past it, with tiles of 1 and 2.
+#[test]
+fn streamed_mu_with_recomputed_groups_matches_dense() {
+    for p in zoo(9) {
+        let truth = dense(&p);
+        let ops =
+            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 4, &dev()).unwrap();
+        let grouped = FeatureBudget {
+            max_bytes: 7 * feature_bytes_per_sample(&ops),
+            recompute: true,
+        };
+        for tile in [1, 2] {
+            let la = exact_alignment_streamed(&ops, 4, tile, grouped).unwrap();
+            check_alignment(&p.name, &la, &truth, p.c);
+        }
+        // Without recomputation the same budget is a clear error, not a slow run.
+        let strict = FeatureBudget {
+            recompute: false,
+            ..grouped
+        };
+        match exact_alignment_streamed(&ops, 4, 3, strict) {
+            Err(GeometryError::Budget(msg)) => assert!(msg.contains("per-sample features")),
+            other => panic!("{}: expected a budget error, got {other:?}", p.name),
+        }
+    }
+}
+
+/// μ, μ_unc, ||G||_F² and Tr G against the dense p×p matrices, ≤ 1e-10 relative.
+fn check_alignment(name: &str, la: &LossAlignment, truth: &Dense, c: usize) {
+    let g_fro2: f64 = truth.g.iter().flatten().map(|v| v * v).sum();
+    let tr_sg = trace_prod(&truth.sigma, &truth.g);
+    let tr_mg = trace_prod(&truth.m, &truth.g);
+    let two_l = 2.0 * truth.loss;
+    let mu = tr_sg / (two_l * g_fro2);
+    let mu_unc = tr_mg / (two_l * g_fro2);
+    let got = la.mu.value().unwrap();
+    assert!(
+        (got - mu).abs() <= 1e-10 * mu.abs(),
+        "{name} ({}): μ {got} vs {mu}",
+        la.method
+    );
+    let got = la.mu_unc.value().unwrap();
+    assert!(
+        (got - mu_unc).abs() <= 1e-10 * mu_unc.abs(),
+        "{name} ({}): μ_unc {got} vs {mu_unc}",
+        la.method
+    );
+    assert!(
+        (la.g_fro2 - g_fro2).abs() <= 1e-10 * g_fro2,
+        "{name}: ||G||_F²"
+    );
+    let tr_g: f64 = (0..truth.g.len()).map(|i| truth.g[i][i]).sum();
+    assert!((la.trace_g - tr_g).abs() <= 1e-10 * tr_g, "{name}: Tr G");
+    assert_eq!(la.c_mu.value().unwrap(), la.mu.value().unwrap() * c as f64);
 }
 
 #[test]
