@@ -74,9 +74,9 @@ pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
 }
 
 /// μ and μ_unc exactly, with the same sums as [`exact_alignment`] accumulated tile pair by
-/// tile pair ([`for_each_tile_pair`], `tile` samples a side; [`TILE`] is the default): K is
-/// never stored, and the per-sample features are
-/// recomputed group by group when they exceed the budget and `budget.recompute` is set.
+/// tile pair ([`for_each_tile_pair`], `tile` samples a side; [`TILE`] is the default). K is
+/// never stored. When the per-sample features exceed the budget and `budget.recompute` is
+/// set, they are recomputed group by group, and the method says how many groups.
 pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
     ops: &ProbeOps<B>,
     chunk: usize,

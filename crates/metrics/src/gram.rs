@@ -547,9 +547,8 @@ pub fn gram<B: Backend>(
 }
 
 /// [`gram`] with the host tile size given: the samples of each chunk are paired `tile` at a
-/// time, every (output, output) block of a tile pair is computed on the device, and the
-/// blocks are then written into K row by row (contiguous writes), the lower triangle by a
-/// blocked transpose.
+/// time ([`for_each_tile_pair`]), and each tile pair's (output, output) blocks are written
+/// into K row by row (contiguous writes), the lower triangle by a blocked transpose.
 pub fn gram_tiled<B: Backend>(
     ops: &ProbeOps<B>,
     chunk: usize,
