@@ -433,8 +433,9 @@ fn pair_blocks<B: Backend>(
 ) {
     let (fi, fj, bi, bj) = (&a.feats, &b.feats, a.len, b.len);
     // Per layer: an affine layer's inputs' sample Gram (the weight of its products, shared by
-    // all output pairs); a layer of gradient rows' product for all output pairs at once,
-    // [c·bi, c·bj] (one wide GEMM rather than c² narrow ones).
+    // all output pairs); off the diagonal, a layer of gradient rows' product for all output
+    // pairs at once, [c·bi, c·bj] (one wide GEMM rather than c² narrow ones; on the diagonal
+    // that would also form the blocks o2 < o, which symmetry skips).
     let per_layer: Vec<(Option<Vec<f64>>, Option<TensorData>)> = fi
         .iter()
         .zip(fj)
@@ -445,7 +446,7 @@ fn pair_blocks<B: Backend>(
             ),
             (Feature::Rows(ri), Feature::Rows(rj)) => (
                 None,
-                Some(ri.clone().matmul(rj.clone().transpose()).into_data()),
+                (!diag).then(|| ri.clone().matmul(rj.clone().transpose()).into_data()),
             ),
             _ => unreachable!("same layers in every chunk"),
         })
@@ -453,18 +454,25 @@ fn pair_blocks<B: Backend>(
     blocks.resize_with(c * c, Vec::new);
     for o in 0..c {
         for o2 in (if diag { o } else { 0 })..c {
-            // Each affine layer's product of backprop signals for this output pair.
+            // This output pair's product of each affine layer's backprop signals (and, on the
+            // diagonal, of each layer's gradient rows).
             let own: Vec<Option<TensorData>> = fi
                 .iter()
                 .zip(fj)
-                .map(|(a, b)| match (a, b) {
-                    (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) => Some(
-                        di.clone()
+                .map(|(a, b)| {
+                    let (ri, rj) = match (a, b) {
+                        (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) => {
+                            (di, dj)
+                        }
+                        (Feature::Rows(ri), Feature::Rows(rj)) if diag => (ri, rj),
+                        _ => return None,
+                    };
+                    Some(
+                        ri.clone()
                             .narrow(0, o * bi, bi)
-                            .matmul(dj.clone().narrow(0, o2 * bj, bj).transpose())
+                            .matmul(rj.clone().narrow(0, o2 * bj, bj).transpose())
                             .into_data(),
-                    ),
-                    _ => None,
+                    )
                 })
                 .collect();
             let terms: Vec<Term<'_>> = per_layer
