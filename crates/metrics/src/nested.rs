@@ -12,7 +12,7 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use noisegeom_models::{ParamInit, ParamSource};
+use noisegeom_models::{ParamInit, ParamSource, param_tensor};
 
 /// Evaluates `body` with `s` bound to the values of the `TensorData` `data` as a slice of
 /// their own type when that is f32 or f64 (read in place), else of f64 converted (burn's
@@ -57,7 +57,7 @@ impl<B: Backend> ParamSource<Ad2<B>> for NestedSource<'_, B> {
         let len: usize = shape.iter().product();
         let v = self.values[self.offset..self.offset + len].to_vec();
         self.offset += len;
-        let base = Tensor::<B, D>::from_data(TensorData::new(v, shape), self.device);
+        let base = param_tensor::<B, _, D>(v, shape, self.device);
         let inner = Tensor::<Ad<B>, D>::from_inner(base);
         let inner = if self.inner_grad {
             inner.require_grad()

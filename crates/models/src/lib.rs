@@ -17,7 +17,9 @@ pub use config::{Head, ModelConfig};
 pub use device_set::{DeviceSet, mse};
 pub use layers::{ConvGeom, Layer, NoTap, Tap};
 pub use net::{Arch, Net, Stage};
-pub use params::{FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten};
+pub use params::{
+    FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, param_tensor,
+};
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, tanh};

@@ -3,9 +3,10 @@
 //! The flat vector θ ∈ R^p is every parameter tensor, flattened row-major, concatenated in
 //! the order of [`crate::Arch::param_layout`] (the order the module visits its params).
 
+use burn::module::ParamId;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Element, ElementConversion, Tensor, TensorData};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -96,11 +97,34 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
     fn param<const D: usize>(&mut self, shape: [usize; D], init: ParamInit) -> Param<Tensor<B, D>> {
         let len = shape.iter().product();
         let values = self.scheme.draw(&mut self.rng, len, init);
-        Param::from_tensor(Tensor::from_data(
-            TensorData::new(values, shape),
-            self.device,
-        ))
+        Param::from_tensor(param_tensor(values, shape, self.device))
     }
+}
+
+/// A parameter tensor on `device` from host values in flat (row-major) order.
+///
+/// A matrix (a dense layer's `[out, in]` weight) is stored as the transposed view of a
+/// contiguous `[in, out]` tensor. That is the layout SGD leaves it in (noisegeom-train's
+/// `sgd` updates matrices in their transpose), and the one in which the forward's `x·Wᵀ`
+/// reads a contiguous `Wᵀ`. gemm can round the same product differently with another operand
+/// layout, so a network built from θ (a resumed run, a probe) must hold its matrices the way
+/// the trained network does to compute bitwise the same numbers.
+pub fn param_tensor<B: Backend, E: Element, const D: usize>(
+    values: Vec<E>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    if D != 2 {
+        return Tensor::from_data(TensorData::new(values, shape), device);
+    }
+    let (rows, cols) = (shape[0], shape[1]);
+    let mut t = Vec::with_capacity(values.len());
+    for j in 0..cols {
+        t.extend((0..rows).map(|i| values[i * cols + j]));
+    }
+    let mut flipped = shape;
+    flipped.swap(0, 1);
+    Tensor::<B, D>::from_data(TensorData::new(t, flipped), device).swap_dims(0, 1)
 }
 
 /// Takes parameters from a host flat vector θ.
@@ -150,10 +174,13 @@ impl<B: Backend> ParamSource<B> for FlatSource<'_, B> {
             .into_iter()
             .map(|x| x.elem())
             .collect();
-        Param::from_tensor(Tensor::from_data(
-            TensorData::new(values, shape),
-            self.device,
-        ))
+        let tensor = param_tensor(values, shape, self.device);
+        if self.frozen {
+            // `Param::from_tensor` would mark it as requiring grad.
+            Param::initialized(ParamId::new(), tensor)
+        } else {
+            Param::from_tensor(tensor)
+        }
     }
 
     fn finish(&mut self) -> Result<(), ModelError> {

@@ -254,6 +254,22 @@ fn flat_view_round_trips() {
         );
         let back = Net::<F64>::build(arch.clone(), &mut FlatSource::new(&dev(), &theta)).unwrap();
         assert_eq!(flatten(&back), theta);
+        // Frozen: the same values, and no parameter a backward pass would differentiate.
+        let frozen =
+            Net::<Ad>::build(arch.clone(), &mut FlatSource::frozen(&dev(), &theta)).unwrap();
+        assert_eq!(flatten(&frozen), theta);
+        struct Grad(Vec<bool>);
+        impl burn::module::ModuleVisitor<Ad> for Grad {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Ad, D>>) {
+                self.0.push(p.val().is_require_grad());
+            }
+        }
+        let mut g = Grad(Vec::new());
+        burn::module::Module::visit(&frozen, &mut g);
+        assert!(
+            g.0.iter().all(|r| !r),
+            "{cfg:?}: a frozen parameter requires grad"
+        );
         let d: usize = shape.iter().product();
         let (a, b) = (
             net.forward(inputs(4, d, &dev())).into_data(),

@@ -243,7 +243,7 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::{Autodiff, Flex, NdArray};
     use noisegeom_models::{Activation, Arch, FlatSource, Net, Stage, flatten, mse};
 
     type A = Autodiff<NdArray<f64>>;
@@ -342,6 +342,70 @@ mod tests {
                     assert!(sgd.state().is_none());
                 }
             }
+        }
+    }
+
+    /// A network rebuilt from the flat θ of a trained one (as a resumed run or a probe
+    /// builds it) computes bitwise what the trained network computes, step after step.
+    /// flex's gemm rounds x·Wᵀ differently with W's memory layout at these shapes, so this
+    /// fails unless a built matrix has the layout SGD leaves it in.
+    #[test]
+    fn a_network_rebuilt_from_theta_computes_bitwise_what_the_trained_one_computes() {
+        type F = Autodiff<Flex>;
+        let device = Default::default();
+        let arch = Arch {
+            input_shape: vec![128],
+            stages: vec![
+                Stage::Dense {
+                    out: 64,
+                    bias: true,
+                },
+                Stage::Act {
+                    activation: Activation::Relu,
+                },
+                Stage::Dense {
+                    out: 10,
+                    bias: true,
+                },
+            ],
+        };
+        let theta0: Vec<f64> = (0..arch.num_params())
+            .map(|k| ((k * 7919 % 1000) as f64 - 500.0) / 5000.0)
+            .collect();
+        let (n, d) = (16, 128);
+        let x: Vec<f32> = (0..n * d)
+            .map(|k| ((k * 104_729 % 997) as f32 - 498.0) / 300.0)
+            .collect();
+        let x = Tensor::<F, 2>::from_data(TensorData::new(x, [n, d]), &device);
+        let y = Tensor::<F, 2>::zeros([n, 10], &device);
+        let bits = |net: &Net<F>| -> Vec<u32> {
+            net.forward(x.clone())
+                .into_data()
+                .iter::<f32>()
+                .map(f32::to_bits)
+                .collect()
+        };
+        let mut net =
+            Net::<F>::build(arch.clone(), &mut FlatSource::new(&device, &theta0)).unwrap();
+        let mut sgd = Sgd::<Flex>::new(SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        });
+        for step in 0..3 {
+            let grads = mse(net.forward(x.clone()), y.clone()).backward();
+            net = sgd.step(net, &grads, 0.05);
+            let rebuilt =
+                Net::<F>::build(arch.clone(), &mut FlatSource::new(&device, &flatten(&net)))
+                    .unwrap();
+            let (a, b) = (bits(&net), bits(&rebuilt));
+            let differ = a.iter().zip(&b).filter(|(u, v)| u != v).count();
+            assert_eq!(
+                differ,
+                0,
+                "step {step}: {differ} of {} outputs differ",
+                a.len()
+            );
         }
     }
 }
