@@ -39,8 +39,7 @@ pub struct LossAlignment {
 /// ||G||_F² = ||K||_F²/n², Tr(MG) = (1/n²) Σ_ij ||K_ji e_i||², ∇LᵀG∇L = ||K e||²/n³.
 pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
     let (n, c, dim) = (k.n, k.c, k.dim());
-    let nf = n as f64;
-    let trace_g = (0..dim).map(|r| k.at(r, r)).sum::<f64>() / nf;
+    let trace = (0..dim).map(|r| k.at(r, r)).sum::<f64>();
     // Per row (j,o) of K: its squared norm, Σ_i q² and (Ke)_(j,o) = Σ_i q, with
     // q[(j,o), i] = Σ_o' K[(j,o),(i,o')] e[i,o']. Rows in parallel; each row's sums run in a
     // fixed order, so the result does not depend on the thread count.
@@ -57,20 +56,13 @@ pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
                 (fro2, q2, ke)
             })
             .collect();
-    let g_fro2 = per_row.iter().map(|r| r.0).sum::<f64>() / (nf * nf);
-    let tr_mg = per_row.iter().map(|r| r.1).sum::<f64>() / (nf * nf);
-    let grad_g_grad = per_row.iter().map(|r| r.2 * r.2).sum::<f64>() / (nf * nf * nf);
-    let tr_sg = tr_mg - grad_g_grad;
-    let two_l = e.iter().map(|v| v * v).sum::<f64>() / nf;
-    Traces {
-        tr_sg,
-        tr_mg,
-        grad_g_grad,
-        g_fro2,
-        trace_g,
-        two_l,
+    KSums {
+        trace,
+        fro2: per_row.iter().map(|r| r.0).sum(),
+        q2: per_row.iter().map(|r| r.1).sum(),
+        ke2: per_row.iter().map(|r| r.2 * r.2).sum(),
     }
-    .finish(c, "exact (Gram)")
+    .alignment(n, c, e, "exact (Gram)")
 }
 
 /// μ and μ_unc exactly, with the same sums as [`exact_alignment`] accumulated tile pair by
@@ -93,19 +85,16 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
         ke: vec![0.0; n * c],
     };
     let groups = for_each_tile_pair(ops, chunk, tile, budget, |pair| acc.add(&pair, e))?;
-    let nf = n as f64;
-    let tr_mg = acc.q2 / (nf * nf);
-    let grad_g_grad = acc.ke.iter().map(|v| v * v).sum::<f64>() / (nf * nf * nf);
-    Ok(Traces {
-        tr_sg: tr_mg - grad_g_grad,
-        tr_mg,
-        grad_g_grad,
-        g_fro2: acc.fro2 / (nf * nf),
-        trace_g: acc.trace / nf,
-        two_l: e.iter().map(|v| v * v).sum::<f64>() / nf,
-    }
-    .finish(
+    let sums = KSums {
+        trace: acc.trace,
+        fro2: acc.fro2,
+        q2: acc.q2,
+        ke2: acc.ke.iter().map(|v| v * v).sum(),
+    };
+    Ok(sums.alignment(
+        n,
         c,
+        e,
         &if groups > 1 {
             format!("exact (Gram, streamed; features recomputed in {groups} groups)")
         } else {
@@ -249,6 +238,32 @@ fn transposed<'a>(m: usize, row: impl Fn(usize) -> &'a [f64]) -> Vec<f64> {
         }
     }
     t
+}
+
+/// The sums of K = (J_i J_jᵀ) that μ needs: Tr K, ||K||_F², Σ_ij ||K_ji e_i||² and ||Ke||².
+struct KSums {
+    trace: f64,
+    fro2: f64,
+    q2: f64,
+    ke2: f64,
+}
+
+impl KSums {
+    /// Scaled to G (SPEC §3), with the residuals `e` (n×c) for 2L = ||e||²/n.
+    fn alignment(self, n: usize, c: usize, e: &[f64], method: &str) -> LossAlignment {
+        let nf = n as f64;
+        let tr_mg = self.q2 / (nf * nf);
+        let grad_g_grad = self.ke2 / (nf * nf * nf);
+        Traces {
+            tr_sg: tr_mg - grad_g_grad,
+            tr_mg,
+            grad_g_grad,
+            g_fro2: self.fro2 / (nf * nf),
+            trace_g: self.trace / nf,
+            two_l: e.iter().map(|v| v * v).sum::<f64>() / nf,
+        }
+        .finish(c, method)
+    }
 }
 
 /// The traces μ is built from, however they were obtained.
