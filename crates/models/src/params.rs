@@ -118,9 +118,17 @@ pub fn param_tensor<B: Backend, E: Element, const D: usize>(
         return Tensor::from_data(TensorData::new(values, shape), device);
     }
     let (rows, cols) = (shape[0], shape[1]);
-    let mut t = Vec::with_capacity(values.len());
-    for j in 0..cols {
-        t.extend((0..rows).map(|i| values[i * cols + j]));
+    let mut t = values.clone();
+    // In 32×32 blocks, so that neither side is read or written with a cache miss per value.
+    const T: usize = 32;
+    for i0 in (0..rows).step_by(T) {
+        for j0 in (0..cols).step_by(T) {
+            for i in i0..(i0 + T).min(rows) {
+                for j in j0..(j0 + T).min(cols) {
+                    t[j * rows + i] = values[i * cols + j];
+                }
+            }
+        }
     }
     let mut flipped = shape;
     flipped.swap(0, 1);
