@@ -7,6 +7,7 @@
 mod backend;
 mod cmd;
 mod env;
+mod malloc;
 mod progress;
 
 use std::path::PathBuf;
@@ -242,6 +243,7 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
+    malloc::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     std::panic::set_hook(Box::new(|info| {
