@@ -236,11 +236,7 @@ impl Figure for Fig1 {
             };
             let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
             let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n, device)?;
-            let budget = FeatureBudget {
-                max_bytes: 8 << 30,
-                recompute: false,
-            };
-            let la = exact_alignment_streamed(&ops, n, TILE, budget)?;
+            let la = exact_alignment_streamed(&ops, n, TILE, FeatureBudget::strict(8 << 30))?;
             match (la.mu.value(), la.mu_unc.value()) {
                 (Some(a), Some(b)) => {
                     mu.push(a);

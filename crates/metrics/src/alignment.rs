@@ -12,6 +12,7 @@ use crate::linalg::sym_eig;
 use crate::ops::QuadForms;
 use crate::report::{Cutoffs, Ratio};
 use crate::{GeometryError, ProbeOps};
+use noisegeom_models::transpose;
 
 /// Loss alignment and its ingredients.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,7 +131,7 @@ impl StreamedTraces {
                 .map(|b| {
                     let (o, o2) = (b / c, b % c);
                     if o2 < o {
-                        transposed(bi, |j| pair.row(o2, o, j))
+                        transpose(pair.block(o2, o), bi, bi)
                     } else {
                         Vec::new()
                     }
@@ -221,23 +222,6 @@ fn sum_sq(v: &[f64]) -> f64 {
     }
     let tail: f64 = it.remainder().iter().map(|y| y * y).sum();
     (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
-}
-
-/// The transpose of the `m × m` matrix whose row r is `row(r)`, in 32×32 tiles.
-fn transposed<'a>(m: usize, row: impl Fn(usize) -> &'a [f64]) -> Vec<f64> {
-    const T: usize = 32;
-    let mut t = vec![0.0; m * m];
-    for r0 in (0..m).step_by(T) {
-        for c0 in (0..m).step_by(T) {
-            for r in r0..(r0 + T).min(m) {
-                let src = row(r);
-                for col in c0..(c0 + T).min(m) {
-                    t[col * m + r] = src[col];
-                }
-            }
-        }
-    }
-    t
 }
 
 /// The sums of K = (J_i J_jᵀ) that μ needs: Tr K, ||K||_F², Σ_ij ||K_ji e_i||² and ||Ke||².

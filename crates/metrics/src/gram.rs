@@ -209,6 +209,16 @@ pub struct FeatureBudget {
     pub recompute: bool,
 }
 
+impl FeatureBudget {
+    /// At most `max_bytes` of features, failing rather than recomputing past it.
+    pub fn strict(max_bytes: usize) -> Self {
+        FeatureBudget {
+            max_bytes,
+            recompute: false,
+        }
+    }
+}
+
 /// One tile pair's (output, output) blocks of K on the host, read through
 /// [`TilePair::row`]. In a diagonal pair (`rows == cols`) block (o, o2) with o2 < o is block
 /// (o2, o) transposed and is not formed.
@@ -222,11 +232,17 @@ pub struct TilePair<'a> {
 }
 
 impl TilePair<'_> {
+    /// Block (o, o2): K[(rows.start + i, o), (cols.start + j, o2)] at `i·cols.len() + j`. In a
+    /// diagonal pair o2 ≥ o.
+    pub fn block(&self, o: usize, o2: usize) -> &[f64] {
+        debug_assert!(!self.diag || o2 >= o, "block ({o}, {o2}) is not formed");
+        &self.blocks[o * self.c + o2]
+    }
+
     /// K[(rows.start + i, o), (cols.start + j, o2)] for all j. In a diagonal pair o2 ≥ o.
     pub fn row(&self, o: usize, o2: usize, i: usize) -> &[f64] {
-        debug_assert!(!self.diag || o2 >= o, "block ({o}, {o2}) is not formed");
         let bj = self.cols.len();
-        &self.blocks[o * self.c + o2][i * bj..(i + 1) * bj]
+        &self.block(o, o2)[i * bj..(i + 1) * bj]
     }
 }
 
@@ -363,7 +379,6 @@ fn chunk_features<B: Backend>(
     let out = ops
         .net_frozen()
         .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
-    let _ = out.clone().inner().narrow(0, 0, 1).into_data();
     let mut sel = vec![0.0f64; c * b * c];
     for o in 0..c {
         for i in 0..b {
@@ -566,11 +581,7 @@ pub fn gram_tiled<B: Backend>(
     let (n, c) = (ops.n, ops.c);
     let dim = n * c;
     let mut k = vec![0.0; dim * dim];
-    let budget = FeatureBudget {
-        max_bytes,
-        recompute: false,
-    };
-    for_each_tile_pair(ops, chunk, tile, budget, |p| {
+    for_each_tile_pair(ops, chunk, tile, FeatureBudget::strict(max_bytes), |p| {
         let (si, bi, sj, bj) = (p.rows.start, p.rows.len(), p.cols.start, p.cols.len());
         let diag = p.diag;
         // Rows (si+i, o) of K, columns (sj+j, o2): contiguous writes, c rows per sample,

@@ -12,7 +12,7 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use noisegeom_models::{ParamInit, ParamSource, param_tensor};
+use noisegeom_models::{ParamInit, ParamSource, in_blocks, param_tensor};
 
 /// Evaluates `body` with `s` bound to the values of the `TensorData` `data` as a slice of
 /// their own type when that is f32 or f64 (read in place), else of f64 converted (burn's
@@ -136,20 +136,9 @@ pub fn add_grad_to_host<A: AutodiffBackend, M: Module<A>>(
 /// dst += src, or dst (an r×c matrix) += the transpose of src (c×r) when `transposed`.
 fn add_data(dst: &mut [f64], src: TensorData, transposed: Option<(usize, usize)>) {
     fn add<E: Copy + Into<f64>>(dst: &mut [f64], src: &[E], transposed: Option<(usize, usize)>) {
-        const T: usize = 64;
         match transposed {
             None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v.into()),
-            Some((r, c)) => {
-                for i0 in (0..r).step_by(T) {
-                    for j0 in (0..c).step_by(T) {
-                        for i in i0..(i0 + T).min(r) {
-                            for j in j0..(j0 + T).min(c) {
-                                dst[i * c + j] += src[j * r + i].into();
-                            }
-                        }
-                    }
-                }
-            }
+            Some((r, c)) => in_blocks(r, c, |i, j| dst[i * c + j] += src[j * r + i].into()),
         }
     }
     with_slice!(src, s => add(dst, s, transposed))

@@ -48,11 +48,7 @@ fn gram_and_mu_match_dense() {
         check_alignment(&p.name, &exact_alignment(&k, ops.residuals()), &truth, p.c);
 
         // Streamed (K never stored), features resident, in tiles of 3 across chunks of 4.
-        let resident = FeatureBudget {
-            max_bytes: 1 << 30,
-            recompute: false,
-        };
-        let la = exact_alignment_streamed(&ops, 4, 3, resident).unwrap();
+        let la = exact_alignment_streamed(&ops, 4, 3, FeatureBudget::strict(1 << 30)).unwrap();
         check_alignment(&p.name, &la, &truth, p.c);
     }
 }
@@ -66,8 +62,9 @@ fn streamed_mu_with_recomputed_groups_matches_dense() {
         let truth = dense(&p);
         let ops =
             ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 4, &dev()).unwrap();
+        let max_bytes = 7 * feature_bytes_per_sample(&ops);
         let grouped = FeatureBudget {
-            max_bytes: 7 * feature_bytes_per_sample(&ops),
+            max_bytes,
             recompute: true,
         };
         for tile in [1, 2] {
@@ -75,11 +72,7 @@ fn streamed_mu_with_recomputed_groups_matches_dense() {
             check_alignment(&p.name, &la, &truth, p.c);
         }
         // Without recomputation the same budget is a clear error, not a slow run.
-        let strict = FeatureBudget {
-            recompute: false,
-            ..grouped
-        };
-        match exact_alignment_streamed(&ops, 4, 3, strict) {
+        match exact_alignment_streamed(&ops, 4, 3, FeatureBudget::strict(max_bytes)) {
             Err(GeometryError::Budget(msg)) => assert!(msg.contains("per-sample features")),
             other => panic!("{}: expected a budget error, got {other:?}", p.name),
         }

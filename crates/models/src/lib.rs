@@ -18,7 +18,8 @@ pub use device_set::{DeviceSet, mse};
 pub use layers::{ConvGeom, Layer, NoTap, Tap};
 pub use net::{Arch, Net, Stage};
 pub use params::{
-    FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, param_tensor,
+    FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, in_blocks,
+    param_tensor, transpose,
 };
 
 use burn::tensor::Tensor;

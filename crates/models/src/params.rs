@@ -118,18 +118,7 @@ pub fn param_tensor<B: Backend, E: Element, const D: usize>(
         return Tensor::from_data(TensorData::new(values, shape), device);
     }
     let (rows, cols) = (shape[0], shape[1]);
-    let mut t = values.clone();
-    // In 32×32 blocks, so that neither side is read or written with a cache miss per value.
-    const T: usize = 32;
-    for i0 in (0..rows).step_by(T) {
-        for j0 in (0..cols).step_by(T) {
-            for i in i0..(i0 + T).min(rows) {
-                for j in j0..(j0 + T).min(cols) {
-                    t[j * rows + i] = values[i * cols + j];
-                }
-            }
-        }
-    }
+    let t = transpose(&values, rows, cols);
     let mut flipped = shape;
     flipped.swap(0, 1);
     Tensor::<B, D>::from_data(TensorData::new(t, flipped), device).swap_dims(0, 1)
@@ -200,6 +189,29 @@ impl<B: Backend> ParamSource<B> for FlatSource<'_, B> {
         }
         Ok(())
     }
+}
+
+/// Visits every (i, j) of a `rows × cols` grid in 32×32 blocks, so that a transposing copy
+/// reads and writes within cache-resident blocks instead of missing on every value of one
+/// side.
+pub fn in_blocks(rows: usize, cols: usize, mut f: impl FnMut(usize, usize)) {
+    const T: usize = 32;
+    for i0 in (0..rows).step_by(T) {
+        for j0 in (0..cols).step_by(T) {
+            for i in i0..(i0 + T).min(rows) {
+                for j in j0..(j0 + T).min(cols) {
+                    f(i, j);
+                }
+            }
+        }
+    }
+}
+
+/// The transpose (`cols × rows`, row-major) of the row-major `rows × cols` matrix `src`.
+pub fn transpose<E: Copy>(src: &[E], rows: usize, cols: usize) -> Vec<E> {
+    let mut t = src.to_vec();
+    in_blocks(rows, cols, |i, j| t[j * rows + i] = src[i * cols + j]);
+    t
 }
 
 /// Every float parameter of a module, flattened in visiting order.

@@ -299,10 +299,7 @@ fn geometry<B: AutodiffBackend>(
             sink += exact_alignment(&k, ops.residuals()).g_fro2
         }),
         "mu-fnn" => time_it(repeats, || {
-            let budget = FeatureBudget {
-                max_bytes: 8 << 30,
-                recompute: false,
-            };
+            let budget = FeatureBudget::strict(8 << 30);
             let la = exact_alignment_streamed(&ops, n, TILE, budget).expect("fits");
             sink += la.g_fro2
         }),
