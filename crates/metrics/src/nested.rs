@@ -13,6 +13,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use noisegeom_models::{ParamInit, ParamSource, in_blocks, param_tensor};
+use rayon::prelude::*;
 
 /// Evaluates `body` with `s` bound to the values of the `TensorData` `data` as a slice of
 /// their own type when that is f32 or f64 (read in place), else of f64 converted (burn's
@@ -135,10 +136,25 @@ pub fn add_grad_to_host<A: AutodiffBackend, M: Module<A>>(
 
 /// dst += src, or dst (an r×c matrix) += the transpose of src (c×r) when `transposed`.
 fn add_data(dst: &mut [f64], src: TensorData, transposed: Option<(usize, usize)>) {
-    fn add<E: Copy + Into<f64>>(dst: &mut [f64], src: &[E], transposed: Option<(usize, usize)>) {
+    const BAND: usize = 64;
+    fn add<E: Copy + Into<f64> + Sync>(
+        dst: &mut [f64],
+        src: &[E],
+        transposed: Option<(usize, usize)>,
+    ) {
         match transposed {
             None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v.into()),
-            Some((r, c)) => in_blocks(r, c, |i, j| dst[i * c + j] += src[j * r + i].into()),
+            // Bands of rows in parallel: this read-back is host work between two device
+            // passes, with the other core idle.
+            Some((r, c)) => dst
+                .par_chunks_mut(BAND * c)
+                .enumerate()
+                .for_each(|(b, band)| {
+                    let i0 = b * BAND;
+                    in_blocks(band.len() / c, c, |i, j| {
+                        band[i * c + j] += src[j * r + i0 + i].into()
+                    })
+                }),
         }
     }
     with_slice!(src, s => add(dst, s, transposed))
