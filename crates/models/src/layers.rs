@@ -6,10 +6,11 @@
 //! engine can insert zero "probe" leaves and read per-sample backprop signals.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Element, ElementConversion, Tensor, TensorData};
+use rayon::prelude::*;
 
 /// Geometry of a square 2-D convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +18,38 @@ pub struct ConvGeom {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+}
+
+/// How a convolution's weight gradient is formed when the weight is tracked by autodiff.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvWeightGrad {
+    /// The backend's conv backward (a convolution with the output gradient as its kernel).
+    #[default]
+    Backend,
+    /// One batched GEMM over im2col patches built on the host: dW = Σ_i ΔZ_i U_iᵀ. Where the
+    /// layer's input needs no gradient (the first layer) the forward is the same GEMM;
+    /// otherwise the forward and the input gradient stay the backend's, and a term equal to
+    /// zero, M − stop(M) with M = W·U, carries the weight gradient. For CPU backends, where
+    /// the patches need no device round trip: burn-flex forms the weight gradient of the
+    /// benchmark CNN 5–10× slower than the GEMM does.
+    HostIm2col,
+}
+
+impl ConvWeightGrad {
+    /// [`ConvWeightGrad::HostIm2col`] on the CPU backends (burn-flex, burn-ndarray, whose
+    /// tensors live on the host), [`ConvWeightGrad::Backend`] elsewhere (a GPU would pay a
+    /// device round trip for the patches).
+    pub fn for_device<B: Backend>(device: &B::Device) -> Self {
+        let name = B::name(device);
+        let mut inner = name.as_str();
+        while let Some(rest) = inner.strip_prefix("autodiff<") {
+            inner = rest.strip_suffix('>').unwrap_or(rest);
+        }
+        match inner {
+            "flex" | "ndarray" => ConvWeightGrad::HostIm2col,
+            _ => ConvWeightGrad::Backend,
+        }
+    }
 }
 
 /// Hook called once per parametric layer, in parameter order, during a forward pass.
@@ -44,6 +77,17 @@ pub trait Tap<B: Backend> {
     fn hadamard(&mut self, input: &Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 2> {
         let _ = input;
         z
+    }
+    /// How convolutions form their weight gradient in this pass.
+    fn conv_weight_grad(&self) -> ConvWeightGrad {
+        ConvWeightGrad::Backend
+    }
+}
+
+/// A training pass: changes nothing but how convolutions form their weight gradient.
+impl<B: Backend> Tap<B> for ConvWeightGrad {
+    fn conv_weight_grad(&self) -> ConvWeightGrad {
+        *self
     }
 }
 
@@ -112,9 +156,135 @@ impl<B: Backend> Conv<B> {
 
     /// `[n, c_in, h, w] → [n, c_out, h', w']`.
     pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 4>, tap: &mut T) -> Tensor<B, 4> {
-        let z = self.conv(x.clone(), true);
+        self.forward_at(x, tap, false)
+    }
+
+    /// [`Self::forward`], told whether `x` is the network's input (a constant, whose
+    /// gradient is never formed): [`ConvWeightGrad::HostIm2col`] then forms the output by the
+    /// GEMM too.
+    pub fn forward_at<T: Tap<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        tap: &mut T,
+        x_is_input: bool,
+    ) -> Tensor<B, 4> {
+        let z = match tap.conv_weight_grad() {
+            ConvWeightGrad::HostIm2col if self.weight.val().is_require_grad() => {
+                self.conv_gemm_weight_grad(x.clone(), x_is_input)
+            }
+            _ => self.conv(x.clone(), true),
+        };
         tap.conv(&x, z, self.geom(), self.bias.is_some())
     }
+
+    /// `conv2d(x, W) + b` with the weight gradient from a GEMM over host im2col patches
+    /// ([`ConvWeightGrad::HostIm2col`]).
+    fn conv_gemm_weight_grad(&self, x: Tensor<B, 4>, x_is_input: bool) -> Tensor<B, 4> {
+        let g = self.geom();
+        let w = self.weight.val();
+        let [cout, cin, k, _] = w.dims();
+        let [n, _, h, wd] = x.dims();
+        let (ho, wo) = (g.out_len(h), g.out_len(wd));
+        let wmat = w.clone().reshape([cout, cin * k * k]);
+        if x_is_input {
+            // The output is the GEMM, the bias folded in as a last patch row of ones (a
+            // broadcast add of the bias would take burn-flex's strided path).
+            let bias = self.bias.as_ref().map(|b| b.val().reshape([cout, 1]));
+            let u = im2col(x, g, bias.is_some()); // [n, cin·k² (+1), ho·wo], a constant
+            let wmat = match bias {
+                Some(b) => Tensor::cat(vec![wmat, b], 1),
+                None => wmat,
+            };
+            let kk = wmat.dims()[1];
+            return wmat
+                .reshape([1, cout, kk])
+                .matmul(u)
+                .reshape([n, cout, ho, wo]);
+        }
+        let u = im2col(x.clone(), g, false);
+        let m = wmat
+            .reshape([1, cout, cin * k * k])
+            .matmul(u)
+            .reshape([n, cout, ho, wo]);
+        // `detach` alone would keep W a leaf that requires grad (burn re-marks it), and the
+        // backend would still form its weight gradient.
+        let z = conv2d(
+            x,
+            w.detach().set_require_grad(false),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new([g.stride; 2], [g.padding; 2], [1, 1], 1),
+        );
+        // m − stop(m) is exactly zero (m − m for finite m) and its gradient with respect to W
+        // is the GEMM's. stop(m) is a copy (`mul_scalar(1)`) so that m's buffer is unshared:
+        // burn-flex subtracts in place then, and otherwise takes its slow strided path.
+        let stop = m.clone().detach().set_require_grad(false).mul_scalar(1.0);
+        z + (m - stop)
+    }
+}
+
+impl ConvGeom {
+    /// The output side for an input side `len`.
+    pub fn out_len(&self, len: usize) -> usize {
+        (len + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
+
+/// The im2col patches of `x: [n, c, h, w]` as a constant `[n, c·k² (+1), h'·w']` (row
+/// `(ci·k + ky)·k + kx`, matching a `[out, in, k, k]` weight flattened, and a last row of
+/// ones when `ones` is set), built on the host, samples in parallel.
+pub fn im2col<B: Backend>(x: Tensor<B, 4>, g: ConvGeom, ones: bool) -> Tensor<B, 3> {
+    fn build<E: Element>(x: &[E], [n, c, h, w]: [usize; 4], g: ConvGeom, ones: bool) -> Vec<E> {
+        let (k, s, pad) = (g.kernel, g.stride, g.padding);
+        let (ho, wo) = (g.out_len(h), g.out_len(w));
+        let rows = c * k * k + usize::from(ones);
+        let per = rows * ho * wo;
+        let zero: E = 0.0.elem();
+        let mut u = vec![zero; n * per];
+        u.par_chunks_mut(per.max(1))
+            .zip(x.par_chunks(c * h * w))
+            .for_each(|(u, x)| {
+                for (r, row) in u.chunks_exact_mut(ho * wo).enumerate() {
+                    if r == c * k * k {
+                        row.fill(1.0.elem());
+                        continue;
+                    }
+                    let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
+                    let plane = &x[ci * h * w..(ci + 1) * h * w];
+                    for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
+                        let Some(iy) = (oy * s + ky).checked_sub(pad).filter(|&iy| iy < h) else {
+                            continue;
+                        };
+                        let line = &plane[iy * w..(iy + 1) * w];
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            if let Some(&v) =
+                                (ox * s + kx).checked_sub(pad).and_then(|ix| line.get(ix))
+                            {
+                                *o = v;
+                            }
+                        }
+                    }
+                }
+            });
+        u
+    }
+    let dims = x.dims();
+    let device = x.device();
+    let (ho, wo) = (g.out_len(dims[2]), g.out_len(dims[3]));
+    let data = x.detach().into_data();
+    let u = build::<B::FloatElem>(
+        &data
+            .to_vec::<B::FloatElem>()
+            .expect("a float tensor holds the backend's float type"),
+        dims,
+        g,
+        ones,
+    );
+    let shape = [
+        dims[0],
+        dims[1] * g.kernel * g.kernel + usize::from(ones),
+        ho * wo,
+    ];
+    Tensor::from_data(TensorData::new(u, shape), &device)
 }
 
 /// Elementwise scaling by a learned vector, the building block of the diagonal net.

@@ -296,7 +296,14 @@ impl<B: Backend> Net<B> {
         };
         let mut layers = self.layers.iter();
         let mut saved = Vec::new();
+        // Until the first parametric layer, the value is the input: a constant.
+        let mut at_input = true;
         for stage in &self.arch.stages {
+            let first = at_input;
+            at_input &= !matches!(
+                stage,
+                Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
+            );
             v = match (stage, v) {
                 (Stage::SaveSkip, v) => {
                     saved.push(v.clone());
@@ -308,7 +315,7 @@ impl<B: Backend> Net<B> {
                     _ => unreachable!("layers follow stages"),
                 },
                 (Stage::Conv { .. }, Value::Image(a)) => match layers.next() {
-                    Some(Layer::Conv(l)) => Value::Image(l.forward(a, tap)),
+                    Some(Layer::Conv(l)) => Value::Image(l.forward_at(a, tap, first)),
                     _ => unreachable!("layers follow stages"),
                 },
                 (Stage::Hadamard, Value::Flat(a)) => match layers.next() {

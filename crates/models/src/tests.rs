@@ -96,16 +96,27 @@ impl ParamSource<Ad2> for Nested<'_> {
 }
 
 fn grad_of<B: burn::tensor::backend::AutodiffBackend>(net: &Net<B>, x: Tensor<B, 2>) -> Vec<f64> {
-    let loss = net.forward(x).powf_scalar(2.0).sum().mul_scalar(0.5);
+    grad_with(net, x, &mut NoTap)
+}
+
+fn grad_with<B: burn::tensor::backend::AutodiffBackend, T: Tap<B>>(
+    net: &Net<B>,
+    x: Tensor<B, 2>,
+    tap: &mut T,
+) -> Vec<f64> {
+    let loss = net
+        .forward_with(x, tap)
+        .powf_scalar(2.0)
+        .sum()
+        .mul_scalar(0.5);
     let grads = loss.backward();
     let mut out = Vec::new();
     struct G<'g, B: burn::tensor::backend::AutodiffBackend>(&'g B::Gradients, &'g mut Vec<f64>);
     impl<B: burn::tensor::backend::AutodiffBackend> burn::module::ModuleVisitor<B> for G<'_, B> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            let g = p
-                .val()
-                .grad(self.0)
-                .expect("every parameter gets a gradient");
+            let g = p.val().grad(self.0).unwrap_or_else(|| {
+                panic!("no gradient for a parameter of shape {:?}", p.val().dims())
+            });
             self.1.extend(g.into_data().iter::<f64>());
         }
     }
@@ -436,4 +447,106 @@ fn two_layer_readout_is_fixed_plus_minus_one_over_sqrt_m() {
     assert!(weights.iter().all(|w| (w.abs() - 0.25).abs() < 1e-7));
     assert!(weights.iter().any(|w| *w > 0.0) && weights.iter().any(|w| *w < 0.0));
     assert_eq!(arch, cfg.arch(&[3], 1, 7).unwrap(), "signs are seeded");
+}
+
+#[test]
+fn im2col_matches_hand_written_patches() {
+    // x = 1..9 as one 3×3 plane.
+    let x = Tensor::<F64, 4>::from_data(
+        TensorData::new((1..=9).map(f64::from).collect::<Vec<_>>(), [1, 1, 3, 3]),
+        &dev(),
+    );
+    let patches = |g, ones| {
+        layers::im2col(x.clone(), g, ones)
+            .into_data()
+            .to_vec::<f64>()
+            .unwrap()
+    };
+    // k = 2, stride 1, no padding: rows (ky, kx) = (0,0), (0,1), (1,0), (1,1) over the 2×2
+    // output positions.
+    let g = ConvGeom {
+        kernel: 2,
+        stride: 1,
+        padding: 0,
+    };
+    #[rustfmt::skip]
+    let want = [1., 2., 4., 5.,  2., 3., 5., 6.,  4., 5., 7., 8.,  5., 6., 8., 9.];
+    assert_eq!(patches(g, false), want);
+    // With the row of ones (the bias's) last.
+    let with_ones = patches(g, true);
+    assert_eq!(&with_ones[..16], &want);
+    assert_eq!(&with_ones[16..], &[1.0; 4]);
+    // k = 3, stride 2, padding 1: output 2×2 at input centres (0,0), (0,2), (2,0), (2,2);
+    // row (ky, kx) reads x[2·oy + ky − 1][2·ox + kx − 1], zero outside.
+    let g = ConvGeom {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    let got = patches(g, false);
+    let at = |iy: isize, ix: isize| {
+        if (0..3).contains(&iy) && (0..3).contains(&ix) {
+            (iy * 3 + ix + 1) as f64
+        } else {
+            0.0
+        }
+    };
+    for ky in 0..3 {
+        for kx in 0..3 {
+            for oy in 0..2 {
+                for ox in 0..2 {
+                    let want = at(2 * oy + ky - 1, 2 * ox + kx - 1);
+                    let r = (ky * 3 + kx) as usize;
+                    assert_eq!(got[r * 4 + (oy * 2 + ox) as usize], want, "row {r}");
+                }
+            }
+        }
+    }
+    // The corner row (0, 0) by hand: only output (1, 1) sees x[1][1] = 5.
+    assert_eq!(&got[..4], &[0., 0., 0., 5.]);
+}
+
+/// The GEMM weight gradient (host im2col) against burn's own conv backward, on every zoo model
+/// with convolutions (strides 1 and 2, padding, a residual block), in f64: the same outputs
+/// and the same gradient of every parameter to round-off.
+#[test]
+fn gemm_conv_weight_grad_matches_the_backend_conv_backward() {
+    let mut checked = 0;
+    for (cfg, shape, c) in zoo() {
+        let arch = cfg.arch(&shape, c, 0).unwrap();
+        let has_conv = arch.stages.iter().any(|s| matches!(s, Stage::Conv { .. }));
+        if !has_conv {
+            continue;
+        }
+        let net =
+            Net::<Ad>::build(arch.clone(), &mut RandomInit::new(&dev(), cfg.init(), 3)).unwrap();
+        let d: usize = shape.iter().product();
+        let x = inputs::<Ad>(5, d, &dev());
+        let out_ref = net.forward(x.clone()).into_data().to_vec::<f64>().unwrap();
+        let out = net
+            .forward_with(x.clone(), &mut ConvWeightGrad::HostIm2col)
+            .into_data()
+            .to_vec::<f64>()
+            .unwrap();
+        let want = grad_of(&net, x.clone());
+        let got = grad_with(&net, x, &mut ConvWeightGrad::HostIm2col);
+        let rel = |a: &[f64], b: &[f64]| {
+            let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+            let den: f64 = b.iter().map(|y| y * y).sum();
+            (num / den).sqrt()
+        };
+        assert!(rel(&out, &out_ref) < 1e-13, "{cfg:?}: outputs");
+        assert_eq!(got.len(), want.len());
+        assert!(
+            rel(&got, &want) < 1e-12,
+            "{cfg:?}: gradient rel. error {:e}",
+            rel(&got, &want)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} conv models in the zoo");
+    assert_eq!(
+        ConvWeightGrad::for_device::<Ad>(&dev()),
+        ConvWeightGrad::HostIm2col
+    );
 }
