@@ -30,8 +30,9 @@ pub enum ConvWeightGrad {
     /// layer's input needs no gradient (the first layer) the forward is the same GEMM;
     /// otherwise the forward and the input gradient stay the backend's, and a term equal to
     /// zero, M − stop(M) with M = W·U, carries the weight gradient. For CPU backends, where
-    /// the patches need no device round trip: burn-flex forms the weight gradient of the
-    /// benchmark CNN 5–10× slower than the GEMM does.
+    /// the patches need no device round trip: burn-flex forms the weight gradient as a
+    /// convolution with the output gradient as its kernel, mostly strided copies and
+    /// one-column GEMM kernels, about half of the benchmark CNN's training step in `perf`.
     HostIm2col,
 }
 
