@@ -10,8 +10,8 @@
 //! (`M_MMAP_MAX` = 0: the threshold cannot go above 32 MiB, and the CNN's activations over
 //! c copies of a chunk are larger), and freed heap memory is kept for reuse. The price is
 //! resident memory that stays at the process's high-water mark plus fragmentation: the
-//! CNN Gram benchmark peaked at 3.71 GB against 3.36 GB with 32 MiB mappings allowed, and
-//! ran with 5.9 million minor faults instead of 144 million. The benchmark reports peaks.
+//! CNN Gram benchmark (README, Performance) ran with 5.3 million minor faults instead of
+//! 144 million, for about 10% more resident memory. The benchmark reports peaks.
 /// Applies the settings; a no-op where the C library is not glibc.
 #[allow(unsafe_code)]
 pub fn keep_freed_memory() {
