@@ -7,11 +7,13 @@
 //! probe or a Gram tile pair is such a block, so each one was faulted in page by page again
 //! (`perf`: page faults and memset in every hot loop; 173 million minor faults and 380 s of
 //! system time in the 15-minute CNN Gram benchmark). Here no block is mapped on its own
-//! (`M_MMAP_MAX` = 0: the threshold cannot go above 32 MiB, and the CNN's activations over
-//! c copies of a chunk are larger), and freed heap memory is kept for reuse. The price is
+//! (`M_MMAP_MAX` = 0, which makes the threshold moot: it cannot go above 32 MiB, and the
+//! CNN's activations over c copies of a chunk are larger), and freed heap memory is kept for
+//! reuse (`M_TRIM_THRESHOLD` at its maximum). The price is
 //! resident memory that stays at the process's high-water mark plus fragmentation: the
 //! CNN Gram benchmark (README, Performance) ran with 5.3 million minor faults instead of
 //! 144 million, for about 10% more resident memory. The benchmark reports peaks.
+
 /// Applies the settings; a no-op where the C library is not glibc.
 #[allow(unsafe_code)]
 pub fn keep_freed_memory() {
@@ -19,7 +21,6 @@ pub fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; it is called before any thread is
     // started, and a rejected value leaves the default in place.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }

@@ -272,14 +272,11 @@ pub fn im2col<B: Backend>(x: Tensor<B, 4>, g: ConvGeom, ones: bool) -> Tensor<B,
     let device = x.device();
     let (ho, wo) = (g.out_len(dims[2]), g.out_len(dims[3]));
     let data = x.detach().into_data();
-    let u = build::<B::FloatElem>(
-        &data
-            .to_vec::<B::FloatElem>()
-            .expect("a float tensor holds the backend's float type"),
-        dims,
-        g,
-        ones,
-    );
+    // Read in place: the activations are not copied before the patches are built.
+    let values = data
+        .as_slice::<B::FloatElem>()
+        .expect("a float tensor holds the backend's float type");
+    let u = build(values, dims, g, ones);
     let shape = [
         dims[0],
         dims[1] * g.kernel * g.kernel + usize::from(ones),
