@@ -12,7 +12,7 @@ use crate::linalg::sym_eig;
 use crate::ops::QuadForms;
 use crate::report::{Cutoffs, Ratio};
 use crate::{GeometryError, ProbeOps};
-use noisegeom_models::transpose;
+use noisegeom_models::in_blocks;
 
 /// Loss alignment and its ingredients.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,6 +84,8 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
         fro2: 0.0,
         q2: 0.0,
         ke: vec![0.0; n * c],
+        upper: Vec::new(),
+        lower: Vec::new(),
     };
     let groups = for_each_tile_pair(ops, chunk, tile, budget, |pair| acc.add(&pair, e))?;
     let sums = KSums {
@@ -112,6 +114,9 @@ struct StreamedTraces {
     fro2: f64,
     q2: f64,
     ke: Vec<f64>,
+    /// A diagonal pair's two parts of q, reused from pair to pair (see [`Self::add`]).
+    upper: Vec<f64>,
+    lower: Vec<f64>,
 }
 
 impl StreamedTraces {
@@ -119,34 +124,16 @@ impl StreamedTraces {
     /// `pair.cols` and, off the diagonal, the mirror image (rows of `pair.cols` against the
     /// column samples of `pair.rows`). Rows in parallel, in fixed groups of `R`, summed in
     /// order: the result does not depend on the thread count.
+    ///
+    /// A diagonal pair holds only the blocks B(o, o2) with o ≤ o2; below them,
+    /// K[(i,o),(j,o2)] = B(o2, o)[j, i]. Row (i, o) of q then splits into an upper part,
+    /// P_o[i, j] = Σ_{o2 ≥ o} B(o,o2)[i,j] e[j,o2], and a lower one, L_o[j, i] with
+    /// L_o[j, :] = Σ_{o2 < o} e[j,o2] B(o2,o)[j, :]. Both are summed row by row; q_o = P_o + L_oᵀ
+    /// is then formed once per output (c blocked transposes, not c(c−1)/2).
     fn add(&mut self, pair: &TilePair<'_>, e: &[f64]) {
         const R: usize = 8;
         let c = self.c;
         let (bi, bj, diag) = (pair.rows.len(), pair.cols.len(), pair.diag);
-        // A diagonal pair's blocks o2 < o, transposed from o2 > o (in parallel), so that
-        // every row has all c² blocks.
-        let lower: Vec<Vec<f64>> = if diag {
-            (0..c * c)
-                .into_par_iter()
-                .map(|b| {
-                    let (o, o2) = (b / c, b % c);
-                    if o2 < o {
-                        transpose(pair.block(o2, o), bi, bi)
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let row = |o: usize, o2: usize, i: usize| -> &[f64] {
-            if diag && o2 < o {
-                &lower[o * c + o2][i * bi..(i + 1) * bi]
-            } else {
-                pair.row(o, o2, i)
-            }
-        };
         // Column samples' residuals, output-major: et[o2·bj + j] = e[cols.start + j, o2].
         let mut et = vec![0.0; c * bj];
         for j in 0..bj {
@@ -154,40 +141,58 @@ impl StreamedTraces {
                 et[o2 * bj + j] = e[(pair.cols.start + j) * c + o2];
             }
         }
+        // Per row i (all outputs): q's upper part, c·bj, and the lower (diagonal pair) or
+        // mirror (off the diagonal) accumulation mq[o2·bj + j] = Σ_o e[i,o] B(o,o2)[i,j]
+        // (o < o2 on the diagonal). A diagonal pair keeps both for every row; the buffers
+        // are sized for one either way (they are only written on the diagonal).
+        let mut upper = std::mem::take(&mut self.upper);
+        let mut lower = std::mem::take(&mut self.lower);
+        let per_row = c * bj;
+        upper.resize(bi * per_row, 0.0);
+        lower.resize(bi * per_row, 0.0);
         let ke_rows = &mut self.ke[pair.rows.start * c..pair.rows.end * c];
         let parts: Vec<(f64, f64, f64, Vec<f64>)> = ke_rows
             .par_chunks_mut(R * c)
+            .zip(upper.par_chunks_mut(R * per_row))
+            .zip(lower.par_chunks_mut(R * per_row))
             .enumerate()
-            .map(|(ci, ke_rows)| {
+            .map(|(ci, ((ke_rows, upper), lower))| {
                 let (mut fro2, mut q2, mut tr) = (0.0, 0.0, 0.0);
                 let mut mirror = vec![0.0; if diag { 0 } else { c * bj }];
                 let mut q = vec![0.0; bj];
-                let mut mq = vec![0.0; if diag { 0 } else { c * bj }];
+                let mut mq = vec![0.0; c * bj];
                 for (li, ke_i) in ke_rows.chunks_exact_mut(c).enumerate() {
                     let i = ci * R + li;
                     let ei = &e[(pair.rows.start + i) * c..][..c];
                     mq.fill(0.0);
                     for o in 0..c {
                         q.fill(0.0);
-                        for o2 in 0..c {
-                            let row = row(o, o2, i);
-                            fro2 += sum_sq(row);
+                        for o2 in (if diag { o } else { 0 })..c {
+                            let row = pair.row(o, o2, i);
+                            let w = if diag && o2 > o { 2.0 } else { 1.0 };
+                            fro2 += w * sum_sq(row);
                             for ((qj, v), ej) in q.iter_mut().zip(row).zip(&et[o2 * bj..]) {
                                 *qj += v * ej;
                             }
-                            if !diag {
+                            if !diag || o2 > o {
                                 let w = ei[o];
                                 for (m, v) in mq[o2 * bj..(o2 + 1) * bj].iter_mut().zip(row) {
                                     *m += v * w;
                                 }
-                            } else if o == o2 {
+                            } else {
                                 tr += row[i];
                             }
                         }
-                        q2 += sum_sq(&q);
-                        ke_i[o] += q.iter().sum::<f64>();
+                        if diag {
+                            upper[li * per_row + o * bj..][..bj].copy_from_slice(&q);
+                        } else {
+                            q2 += sum_sq(&q);
+                            ke_i[o] += q.iter().sum::<f64>();
+                        }
                     }
-                    if !diag {
+                    if diag {
+                        lower[li * per_row..][..per_row].copy_from_slice(&mq);
+                    } else {
                         q2 += sum_sq(&mq);
                         for (m, x) in mirror.iter_mut().zip(&mq) {
                             *m += x;
@@ -208,6 +213,30 @@ impl StreamedTraces {
                 }
             }
         }
+        if diag {
+            // q_o[i, j] = P_o[i, j] + L_o[j, i], outputs in parallel: Σ q² and each row's sum.
+            let stride = c * bj;
+            let per_output: Vec<(f64, Vec<f64>)> = (0..c)
+                .into_par_iter()
+                .map(|o| {
+                    let (mut s, mut sums) = (0.0, vec![0.0; bi]);
+                    in_blocks(bi, bj, |i, j| {
+                        let v = upper[i * stride + o * bj + j] + lower[j * stride + o * bj + i];
+                        s += v * v;
+                        sums[i] += v;
+                    });
+                    (s, sums)
+                })
+                .collect();
+            for (o, (s, sums)) in per_output.into_iter().enumerate() {
+                self.q2 += s;
+                for (i, v) in sums.into_iter().enumerate() {
+                    self.ke[(pair.rows.start + i) * c + o] += v;
+                }
+            }
+        }
+        self.upper = upper;
+        self.lower = lower;
     }
 }
 

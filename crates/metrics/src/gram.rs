@@ -153,9 +153,12 @@ impl<B: Backend> Tap<Ad<B>> for GramTap<B> {
 /// identity, or materialised per-(sample, output) gradient rows.
 enum Feature<B: Backend> {
     /// `a`: `[b, in (+1)]` layer inputs; `delta`: `[c·b, out]`, rows output-major (o·b + i).
+    /// `units`: δ_{i,o} = e_o for every sample of the chunk (the output layer, checked
+    /// exactly), so that between two such chunks δ_{i,o}·δ_{j,o2} = [o = o2] needs no product.
     Affine {
         a: Tensor<B, 2>,
         delta: Tensor<B, 2>,
+        units: bool,
     },
     /// `[c·b, q]` gradient rows, output-major.
     Rows(Tensor<B, 2>),
@@ -176,9 +179,10 @@ impl<B: Backend> Feature<B> {
                 .reshape([c * t, q])
         };
         match self {
-            Feature::Affine { a, delta } => Feature::Affine {
+            Feature::Affine { a, delta, units } => Feature::Affine {
                 a: a.clone().narrow(0, t0, t),
                 delta: rows(delta),
+                units: *units,
             },
             Feature::Rows(r) => Feature::Rows(rows(r)),
         }
@@ -189,7 +193,9 @@ impl<B: Backend> Feature<B> {
     /// Floats stored, all samples of the chunk together.
     fn floats(&self) -> usize {
         match self {
-            Feature::Affine { a, delta } => a.shape().num_elements() + delta.shape().num_elements(),
+            Feature::Affine { a, delta, .. } => {
+                a.shape().num_elements() + delta.shape().num_elements()
+            }
             Feature::Rows(r) => r.shape().num_elements(),
         }
     }
@@ -361,6 +367,18 @@ fn late_copies<B: Backend>(ops: &ProbeOps<B>) -> bool {
     !before.any(|s| matches!(s, Stage::SaveSkip)) && ops.arch.num_params() > 0
 }
 
+/// The one-hot selection `[c·b, c]` (row o·b + i is e_o): the cotangent that gives every
+/// (sample, output) signal in one backward.
+fn selection(c: usize, b: usize) -> Vec<f64> {
+    let mut sel = vec![0.0f64; c * b * c];
+    for o in 0..c {
+        for i in 0..b {
+            sel[(o * b + i) * c + o] = 1.0;
+        }
+    }
+    sel
+}
+
 /// One forward over samples `start..start + b` (c copies) and one backward of
 /// Σ_{i,o} f_o(x_i)·[copy = o]: each parametric layer's per-sample features.
 fn chunk_features<B: Backend>(
@@ -379,14 +397,11 @@ fn chunk_features<B: Backend>(
     let out = ops
         .net_frozen()
         .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
-    let mut sel = vec![0.0f64; c * b * c];
-    for o in 0..c {
-        for i in 0..b {
-            sel[(o * b + i) * c + o] = 1.0;
-        }
-    }
-    let sel = Tensor::<Ad<B>, 2>::from_data(TensorData::new(sel, [c * b, c]), &ops.device);
-    let grads = (out * sel).sum().backward();
+    let sel = selection(c, b);
+    let grads = (out
+        * Tensor::<Ad<B>, 2>::from_data(TensorData::new(sel.clone(), [c * b, c]), &ops.device))
+    .sum()
+    .backward();
     let mut feats = Vec::with_capacity(tap.records.len());
     for rec in tap.records {
         feats.push(match rec {
@@ -399,7 +414,9 @@ fn chunk_features<B: Backend>(
                 } else {
                     a
                 };
-                Feature::Affine { a, delta }
+                // The output layer's signal is the selection itself (nothing follows it).
+                let units = delta.dims() == [c * b, c] && to_host(delta.clone()) == sel;
+                Feature::Affine { a, delta, units }
             }
             Record::Conv {
                 input,
@@ -447,116 +464,148 @@ fn pair_blocks<B: Backend>(
     blocks: &mut Vec<Vec<f64>>,
 ) {
     let (fi, fj, bi, bj) = (&a.feats, &b.feats, a.len, b.len);
-    // Per layer: an affine layer's inputs' sample Gram (the weight of its products, shared by
-    // all output pairs); off the diagonal, a layer of gradient rows' product for all output
-    // pairs at once, [c·bi, c·bj] (one wide GEMM rather than c² narrow ones; on the diagonal
-    // that would also form the blocks o2 < o, which symmetry skips).
-    let per_layer: Vec<(Option<Vec<f64>>, Option<TensorData>)> = fi
+    // Per affine layer: its inputs' sample Gram, the weight of its products (shared by all
+    // output pairs).
+    let weights: Vec<Option<Vec<f64>>> = fi
         .iter()
         .zip(fj)
         .map(|(a, b)| match (a, b) {
-            (Feature::Affine { a: ai, .. }, Feature::Affine { a: aj, .. }) => (
-                Some(to_host(ai.clone().matmul(aj.clone().transpose()))),
-                None,
-            ),
-            (Feature::Rows(ri), Feature::Rows(rj)) => (
-                None,
-                (!diag).then(|| ri.clone().matmul(rj.clone().transpose()).into_data()),
-            ),
+            (Feature::Affine { a: ai, .. }, Feature::Affine { a: aj, .. }) => {
+                Some(to_host(ai.clone().matmul(aj.clone().transpose())))
+            }
+            (Feature::Rows(_), Feature::Rows(_)) => None,
             _ => unreachable!("same layers in every chunk"),
         })
         .collect();
     blocks.resize_with(c * c, Vec::new);
     for o in 0..c {
-        for o2 in (if diag { o } else { 0 })..c {
-            // This output pair's product of each affine layer's backprop signals (and, on the
-            // diagonal, of each layer's gradient rows).
-            let own: Vec<Option<TensorData>> = fi
-                .iter()
-                .zip(fj)
-                .map(|(a, b)| {
-                    let (ri, rj) = match (a, b) {
-                        (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) => {
-                            (di, dj)
-                        }
-                        (Feature::Rows(ri), Feature::Rows(rj)) if diag => (ri, rj),
-                        _ => return None,
-                    };
-                    Some(
-                        ri.clone()
-                            .narrow(0, o * bi, bi)
-                            .matmul(rj.clone().narrow(0, o2 * bj, bj).transpose())
-                            .into_data(),
-                    )
-                })
-                .collect();
-            let terms: Vec<Term<'_>> = per_layer
-                .iter()
-                .zip(&own)
-                .map(|((w, whole), own)| match (own, whole) {
-                    (Some(p), _) => Term {
-                        data: p,
-                        offset: 0,
-                        stride: bj,
-                        weight: w.as_deref(),
-                    },
-                    (None, Some(p)) => Term {
-                        data: p,
-                        offset: o * bi * c * bj + o2 * bj,
-                        stride: c * bj,
-                        weight: None,
-                    },
-                    (None, None) => unreachable!("every layer has a product"),
-                })
-                .collect();
-            weighted_sum(&mut blocks[o * c + o2], &terms, bi, bj);
-        }
+        // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
+        let o0 = if diag { o } else { 0 };
+        let width = (c - o0) * bj;
+        // Per layer, the products of output o's rows (backprop signals or gradient rows) with
+        // those of all outputs o2 ≥ o0: [bi, (c − o0)·bj], one wide GEMM rather than c − o0
+        // narrow ones. `None` for the output layer (δ_{i,o} = e_o on both sides).
+        let own: Vec<Option<TensorData>> = fi
+            .iter()
+            .zip(fj)
+            .map(|(a, b)| {
+                let (ri, rj) = match (a, b) {
+                    (Feature::Affine { units: true, .. }, Feature::Affine { units: true, .. }) => {
+                        return None;
+                    }
+                    (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) => {
+                        (di.clone(), dj.clone())
+                    }
+                    (Feature::Rows(ri), Feature::Rows(rj)) => (ri.clone(), rj.clone()),
+                    _ => unreachable!("same layers in every chunk"),
+                };
+                Some(
+                    ri.narrow(0, o * bi, bi)
+                        .matmul(rj.narrow(0, o0 * bj, width).transpose())
+                        .into_data(),
+                )
+            })
+            .collect();
+        // Per output pair (o, o2) and layer: its slice of the product, weighted by its
+        // inputs' Gram where affine; or, for the output layer, its inputs' Gram alone on the
+        // block o = o2 and nothing elsewhere.
+        let terms: Vec<Vec<Term<'_>>> = (o0..c)
+            .map(|o2| {
+                weights
+                    .iter()
+                    .zip(&own)
+                    .filter_map(|(w, own)| match own {
+                        Some(p) => Some(Term {
+                            data: Some(p),
+                            offset: (o2 - o0) * bj,
+                            stride: width,
+                            weight: w.as_deref(),
+                        }),
+                        None => (o == o2).then_some(Term {
+                            data: None,
+                            offset: 0,
+                            stride: bj,
+                            weight: w.as_deref(),
+                        }),
+                    })
+                    .collect()
+            })
+            .collect();
+        weighted_sums(&mut blocks[o * c + o0..(o + 1) * c], &terms, bi, bj);
     }
 }
 
-/// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`,
-/// weighted element-wise by `weight` (`[bi, bj]`) when given.
+/// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`
+/// (all ones when `data` is `None`), weighted element-wise by `weight` (`[bi, bj]`) when
+/// given.
 struct Term<'a> {
-    data: &'a TensorData,
+    data: Option<&'a TensorData>,
     offset: usize,
     stride: usize,
     weight: Option<&'a [f64]>,
 }
 
-/// `out` ← Σ_l w_l ⊙ p_l over the layers' terms, a `bi × bj` block in f64, summed in layer
-/// order, groups of rows in parallel. `out` is reused from pair to pair (no fresh pages to
-/// fault in).
-fn weighted_sum(out: &mut Vec<f64>, terms: &[Term<'_>], bi: usize, bj: usize) {
-    fn add<E: Copy + Into<f64>>(out: &mut [f64], p: &[E], w: Option<&[f64]>) {
-        match w {
-            Some(w) => {
+/// Each `outs[b]` ← Σ_l w_l ⊙ p_l over the layers' terms `terms[b]`, a `bi × bj` block in
+/// f64, summed in layer order. Bands of rows in parallel; within a band, row by row across
+/// all the blocks, so that a row of the weights (shared by the blocks) is read from memory
+/// once. The blocks are reused from pair to pair (no fresh pages to fault in).
+fn weighted_sums(outs: &mut [Vec<f64>], terms: &[Vec<Term<'_>>], bi: usize, bj: usize) {
+    /// `out` ← (the first term) or += p ⊙ w, with p all ones when `None`.
+    fn put<E: Copy + Into<f64>>(out: &mut [f64], p: Option<&[E]>, w: Option<&[f64]>, first: bool) {
+        let set = |o: &mut f64, x: f64| {
+            if first { *o = x } else { *o += x }
+        };
+        match (p, w) {
+            (Some(p), Some(w)) => {
                 for ((o, &p), w) in out.iter_mut().zip(p).zip(w) {
-                    *o += p.into() * w;
+                    set(o, p.into() * w);
                 }
             }
-            None => {
+            (Some(p), None) => {
                 for (o, &p) in out.iter_mut().zip(p) {
-                    *o += p.into();
+                    set(o, p.into());
                 }
             }
+            (None, Some(w)) => {
+                for (o, &w) in out.iter_mut().zip(w) {
+                    set(o, w);
+                }
+            }
+            (None, None) => out.iter_mut().for_each(|o| set(o, 1.0)),
         }
     }
     let rows = ((1 << 14) / bj.max(1)).max(1);
-    out.clear();
-    out.resize(bi * bj, 0.0);
-    out.par_chunks_mut(rows * bj)
-        .enumerate()
-        .for_each(|(k, out)| {
-            for t in terms {
-                with_slice!(t.data, p => {
-                    for (r, out) in out.chunks_exact_mut(bj).enumerate() {
-                        let i = k * rows + r;
-                        let w = t.weight.map(|w| &w[i * bj..(i + 1) * bj]);
-                        add(out, &p[t.offset + i * t.stride..][..bj], w);
+    // Every entry is written by the first term: no zeroing, except of a fresh size or when
+    // no layer contributes (an output pair o ≠ o2 of a model with only its output layer).
+    let mut bands: Vec<Vec<&mut [f64]>> = (0..bi.div_ceil(rows)).map(|_| Vec::new()).collect();
+    for (out, terms) in outs.iter_mut().zip(terms) {
+        if out.len() != bi * bj {
+            out.clear();
+            out.resize(bi * bj, 0.0);
+        } else if terms.is_empty() {
+            out.fill(0.0);
+        }
+        for (band, rows) in bands.iter_mut().zip(out.chunks_mut(rows * bj)) {
+            band.push(rows);
+        }
+    }
+    bands.into_par_iter().enumerate().for_each(|(k, mut band)| {
+        for r in 0..band.first().map_or(0, |b| b.len() / bj.max(1)) {
+            let i = k * rows + r;
+            for (out, terms) in band.iter_mut().zip(terms) {
+                let out = &mut out[r * bj..(r + 1) * bj];
+                for (ti, t) in terms.iter().enumerate() {
+                    let w = t.weight.map(|w| &w[i * bj..(i + 1) * bj]);
+                    match t.data {
+                        Some(data) => with_slice!(data, p => {
+                            put(out, Some(&p[t.offset + i * t.stride..][..bj]), w, ti == 0)
+                        }),
+                        None => put::<f64>(out, None, w, ti == 0),
                     }
-                });
+                }
             }
-        });
+        }
+    });
 }
 
 /// Computes K over the probe set of `ops`, `chunk` samples at a time. Fails with a clear
