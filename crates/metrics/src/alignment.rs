@@ -3,10 +3,11 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 #[cfg(doc)]
 use crate::gram::TILE;
-use crate::gram::{FeatureBudget, Gram, TilePair, for_each_tile_pair};
+use crate::gram::{FeatureBudget, Gram, OutputRows, PairVisitor, for_each_tile_pair};
 use crate::lanczos::{LanczosResult, lanczos};
 use crate::linalg::sym_eig;
 use crate::ops::QuadForms;
@@ -80,14 +81,16 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
     let e = ops.residuals();
     let mut acc = StreamedTraces {
         c,
+        e,
         trace: 0.0,
         fro2: 0.0,
         q2: 0.0,
         ke: vec![0.0; n * c],
+        et: Vec::new(),
         upper: Vec::new(),
         lower: Vec::new(),
     };
-    let groups = for_each_tile_pair(ops, chunk, tile, budget, |pair| acc.add(&pair, e))?;
+    let groups = for_each_tile_pair(ops, chunk, tile, budget, &mut acc)?;
     let sums = KSums {
         trace: acc.trace,
         fro2: acc.fro2,
@@ -108,135 +111,151 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
 
 /// The sums behind [`exact_alignment`], over K's tile pairs: Tr K, ||K||_F², Σ q² and Ke,
 /// with q[(j,o), i] = Σ_o' K[(j,o),(i,o')] e[i,o'] for every row (j,o) and column sample i.
-struct StreamedTraces {
+///
+/// Each output's rows are visited in turn ([`PairVisitor::output`]), rows in parallel, in
+/// fixed groups of `R`, summed in order: the result does not depend on the thread count.
+/// Off the diagonal, row (i, o) gives q[(i,o), ·] whole, and its mirror image (rows of
+/// `cols` against the column samples of `rows`) is accumulated over o in
+/// `lower[i][o2·bj + j]` = Σ_o e[i,o] B(o,o2)[i,j], with B(o,o2) the block of the output pair
+/// (o, o2). A diagonal pair forms only o ≤ o2; below, K[(i,o),(j,o2)] = B(o2,o)[j,i]. Row
+/// (i, o) of q then splits into an upper part, P_o[i, j] = Σ_{o2 ≥ o} B(o,o2)[i,j] e[j,o2],
+/// kept in `upper`, and a lower one L_o[j, i], with L_o[j, :] = Σ_{o2 < o} e[j,o2] B(o2,o)[j, :]
+/// accumulated in `lower` like the mirror image; q_o = P_o + L_oᵀ is formed once per output
+/// at the end of the pair ([`PairVisitor::end_pair`]).
+struct StreamedTraces<'e> {
     c: usize,
+    /// The residuals, n×c.
+    e: &'e [f64],
     trace: f64,
     fro2: f64,
     q2: f64,
     ke: Vec<f64>,
-    /// A diagonal pair's two parts of q, reused from pair to pair (see [`Self::add`]).
+    /// The column samples' residuals, output-major: et[o2·bj + j] = e[cols.start + j, o2].
+    et: Vec<f64>,
+    /// `[bi, c·bj]` each, reused from pair to pair.
     upper: Vec<f64>,
     lower: Vec<f64>,
 }
 
-impl StreamedTraces {
-    /// Adds one tile pair: the rows of `pair.rows` against the column samples of
-    /// `pair.cols` and, off the diagonal, the mirror image (rows of `pair.cols` against the
-    /// column samples of `pair.rows`). Rows in parallel, in fixed groups of `R`, summed in
-    /// order: the result does not depend on the thread count.
-    ///
-    /// A diagonal pair holds only the blocks B(o, o2) with o ≤ o2; below them,
-    /// K[(i,o),(j,o2)] = B(o2, o)[j, i]. Row (i, o) of q then splits into an upper part,
-    /// P_o[i, j] = Σ_{o2 ≥ o} B(o,o2)[i,j] e[j,o2], and a lower one, L_o[j, i] with
-    /// L_o[j, :] = Σ_{o2 < o} e[j,o2] B(o2,o)[j, :]. Both are summed row by row; q_o = P_o + L_oᵀ
-    /// is then formed once per output (c blocked transposes, not c(c−1)/2).
-    fn add(&mut self, pair: &TilePair<'_>, e: &[f64]) {
-        const R: usize = 8;
-        let c = self.c;
-        let (bi, bj, diag) = (pair.rows.len(), pair.cols.len(), pair.diag);
-        // Column samples' residuals, output-major: et[o2·bj + j] = e[cols.start + j, o2].
-        let mut et = vec![0.0; c * bj];
-        for j in 0..bj {
-            for o2 in 0..c {
-                et[o2 * bj + j] = e[(pair.cols.start + j) * c + o2];
-            }
-        }
-        // Per row i (all outputs): q's upper part, c·bj, and the lower (diagonal pair) or
-        // mirror (off the diagonal) accumulation mq[o2·bj + j] = Σ_o e[i,o] B(o,o2)[i,j]
-        // (o < o2 on the diagonal). A diagonal pair keeps both for every row; the buffers
-        // are sized for one either way (they are only written on the diagonal).
-        let mut upper = std::mem::take(&mut self.upper);
-        let mut lower = std::mem::take(&mut self.lower);
+/// Rows per parallel group.
+const R: usize = 8;
+
+impl PairVisitor for StreamedTraces<'_> {
+    fn output(&mut self, r: &OutputRows<'_>) {
+        let (c, o, o0, diag) = (self.c, r.o, r.o0(), r.diag);
+        let (bi, bj) = (r.rows.len(), r.cols.len());
         let per_row = c * bj;
-        upper.resize(bi * per_row, 0.0);
-        lower.resize(bi * per_row, 0.0);
-        let ke_rows = &mut self.ke[pair.rows.start * c..pair.rows.end * c];
-        let parts: Vec<(f64, f64, f64, Vec<f64>)> = ke_rows
+        if o == 0 {
+            // A new pair.
+            self.et.clear();
+            self.et.resize(per_row, 0.0);
+            for j in 0..bj {
+                for o2 in 0..c {
+                    self.et[o2 * bj + j] = self.e[(r.cols.start + j) * c + o2];
+                }
+            }
+            self.upper.resize(bi * per_row, 0.0);
+            self.lower.clear();
+            self.lower.resize(bi * per_row, 0.0);
+        }
+        let (e, et) = (self.e, &self.et);
+        let ke_rows = &mut self.ke[r.rows.start * c..r.rows.end * c];
+        let parts: Vec<(f64, f64, f64)> = ke_rows
             .par_chunks_mut(R * c)
-            .zip(upper.par_chunks_mut(R * per_row))
-            .zip(lower.par_chunks_mut(R * per_row))
+            .zip(self.upper.par_chunks_mut(R * per_row))
+            .zip(self.lower.par_chunks_mut(R * per_row))
             .enumerate()
             .map(|(ci, ((ke_rows, upper), lower))| {
                 let (mut fro2, mut q2, mut tr) = (0.0, 0.0, 0.0);
-                let mut mirror = vec![0.0; if diag { 0 } else { c * bj }];
+                let mut row = vec![0.0; bj];
                 let mut q = vec![0.0; bj];
-                let mut mq = vec![0.0; c * bj];
                 for (li, ke_i) in ke_rows.chunks_exact_mut(c).enumerate() {
                     let i = ci * R + li;
-                    let ei = &e[(pair.rows.start + i) * c..][..c];
-                    mq.fill(0.0);
-                    for o in 0..c {
-                        q.fill(0.0);
-                        for o2 in (if diag { o } else { 0 })..c {
-                            let row = pair.row(o, o2, i);
-                            let w = if diag && o2 > o { 2.0 } else { 1.0 };
-                            fro2 += w * sum_sq(row);
-                            for ((qj, v), ej) in q.iter_mut().zip(row).zip(&et[o2 * bj..]) {
-                                *qj += v * ej;
-                            }
-                            if !diag || o2 > o {
-                                let w = ei[o];
-                                for (m, v) in mq[o2 * bj..(o2 + 1) * bj].iter_mut().zip(row) {
-                                    *m += v * w;
-                                }
-                            } else {
-                                tr += row[i];
-                            }
+                    let eio = e[(r.rows.start + i) * c + o];
+                    let lower = &mut lower[li * per_row..][..per_row];
+                    q.fill(0.0);
+                    for o2 in o0..c {
+                        r.row_into(o2, i, &mut row);
+                        // Off the diagonal, every block also stands for its mirror image.
+                        fro2 += if diag && o2 == o { 1.0 } else { 2.0 } * sum_sq(&row);
+                        for ((qj, v), ej) in q.iter_mut().zip(&row).zip(&et[o2 * bj..]) {
+                            *qj += v * ej;
                         }
-                        if diag {
-                            upper[li * per_row + o * bj..][..bj].copy_from_slice(&q);
+                        if diag && o2 == o {
+                            tr += row[i];
                         } else {
-                            q2 += sum_sq(&q);
-                            ke_i[o] += q.iter().sum::<f64>();
+                            for (m, v) in lower[o2 * bj..(o2 + 1) * bj].iter_mut().zip(&row) {
+                                *m += v * eio;
+                            }
                         }
                     }
                     if diag {
-                        lower[li * per_row..][..per_row].copy_from_slice(&mq);
+                        upper[li * per_row + o * bj..][..bj].copy_from_slice(&q);
                     } else {
-                        q2 += sum_sq(&mq);
-                        for (m, x) in mirror.iter_mut().zip(&mq) {
-                            *m += x;
-                        }
+                        q2 += sum_sq(&q);
+                        ke_i[o] += q.iter().sum::<f64>();
                     }
                 }
-                (fro2, q2, tr, mirror)
+                (fro2, q2, tr)
             })
             .collect();
-        let weight = if diag { 1.0 } else { 2.0 };
-        for (fro2, q2, tr, mirror) in parts {
-            self.fro2 += weight * fro2;
+        for (fro2, q2, tr) in parts {
+            self.fro2 += fro2;
             self.q2 += q2;
             self.trace += tr;
-            for (o2, m) in mirror.chunks_exact(bj.max(1)).enumerate() {
-                for (j, v) in m.iter().enumerate() {
-                    self.ke[(pair.cols.start + j) * c + o2] += v;
-                }
-            }
         }
-        if diag {
-            // q_o[i, j] = P_o[i, j] + L_o[j, i], outputs in parallel: Σ q² and each row's sum.
-            let stride = c * bj;
-            let per_output: Vec<(f64, Vec<f64>)> = (0..c)
-                .into_par_iter()
-                .map(|o| {
-                    let (mut s, mut sums) = (0.0, vec![0.0; bi]);
-                    in_blocks(bi, bj, |i, j| {
-                        let v = upper[i * stride + o * bj + j] + lower[j * stride + o * bj + i];
-                        s += v * v;
-                        sums[i] += v;
-                    });
-                    (s, sums)
+    }
+
+    fn end_pair(&mut self, rows: Range<usize>, cols: Range<usize>, diag: bool) {
+        let c = self.c;
+        let (bi, bj) = (rows.len(), cols.len());
+        let per_row = c * bj;
+        let (upper, lower) = (&self.upper, &self.lower);
+        if !diag {
+            // The mirror image's rows (j, o2) against the column samples i: Σ_i q² and Ke.
+            let parts: Vec<(f64, Vec<f64>)> = lower[..bi * per_row]
+                .par_chunks(R * per_row)
+                .map(|rows| {
+                    let mut sums = vec![0.0; per_row];
+                    let mut q2 = 0.0;
+                    for row in rows.chunks_exact(per_row) {
+                        q2 += sum_sq(row);
+                        for (s, v) in sums.iter_mut().zip(row) {
+                            *s += v;
+                        }
+                    }
+                    (q2, sums)
                 })
                 .collect();
-            for (o, (s, sums)) in per_output.into_iter().enumerate() {
-                self.q2 += s;
-                for (i, v) in sums.into_iter().enumerate() {
-                    self.ke[(pair.rows.start + i) * c + o] += v;
+            for (q2, sums) in parts {
+                self.q2 += q2;
+                for (o2, m) in sums.chunks_exact(bj.max(1)).enumerate() {
+                    for (j, v) in m.iter().enumerate() {
+                        self.ke[(cols.start + j) * c + o2] += v;
+                    }
                 }
             }
+            return;
         }
-        self.upper = upper;
-        self.lower = lower;
+        // q_o[i, j] = P_o[i, j] + L_o[j, i], outputs in parallel: Σ q² and each row's sum.
+        let per_output: Vec<(f64, Vec<f64>)> = (0..c)
+            .into_par_iter()
+            .map(|o| {
+                let (mut s, mut sums) = (0.0, vec![0.0; bi]);
+                in_blocks(bi, bj, |i, j| {
+                    let v = upper[i * per_row + o * bj + j] + lower[j * per_row + o * bj + i];
+                    s += v * v;
+                    sums[i] += v;
+                });
+                (s, sums)
+            })
+            .collect();
+        for (o, (s, sums)) in per_output.into_iter().enumerate() {
+            self.q2 += s;
+            for (i, v) in sums.into_iter().enumerate() {
+                self.ke[(rows.start + i) * c + o] += v;
+            }
+        }
     }
 }
 

@@ -14,15 +14,19 @@
 //!   each (i, o) and contributes R Rᵀ;
 //! - Hadamard `z = a ⊙ w`: the gradient a_i ⊙ δ_{i,o} is formed and contributes R Rᵀ.
 //!
-//! K is built tile pair by tile pair ([`for_each_tile_pair`]): for two tiles of samples, each
-//! layer's (output, output) products are formed on the device, and their sum over layers
-//! (an affine layer's weighted by its inputs' sample Gram) in f64 on the host. Only tile pairs
-//! on and above the diagonal are formed (K is symmetric), and within a diagonal pair only
-//! output pairs o ≤ o2. A consumer sees each pair once, in a fixed order:
+//! K is visited tile pair by tile pair ([`for_each_tile_pair`]), and within a pair output by
+//! output: for output o, each layer's products of o's signals with those of every output o2
+//! are formed on the device (one GEMM per layer), and a consumer ([`PairVisitor`]) forms
+//! each row of K from them on the host in f64 (the sum over layers, an affine layer's
+//! weighted by its inputs' sample Gram) and uses it at once: no block of K is stored. Only
+//! tile pairs on and above the diagonal are formed (K is symmetric), and within a diagonal
+//! pair only output pairs o ≤ o2. The output layer's signals are the selection itself
+//! (checked exactly), so its products are the identity and are not formed. A consumer sees
+//! each pair once, in a fixed order:
 //!
-//! - [`gram`] writes them into K, on the host in f64, sample-major: row `i·c + o`, so the
-//!   c×c block (i, j) is K_ij = J_i J_jᵀ; rows are written contiguously and the mirror image
-//!   by a blocked transpose;
+//! - [`gram`] writes the rows into K, on the host in f64, sample-major: row `i·c + o`, so the
+//!   c×c block (i, j) is K_ij = J_i J_jᵀ; rows are written contiguously, the mirror image by a
+//!   blocked transpose (within a diagonal pair, from the output's blocks held for it);
 //! - [`crate::alignment::exact_alignment_streamed`] accumulates μ's traces and never stores K.
 //!
 //! The per-sample features of all n samples are kept when they fit the byte budget. When they
@@ -225,31 +229,79 @@ impl FeatureBudget {
     }
 }
 
-/// One tile pair's (output, output) blocks of K on the host, read through
-/// [`TilePair::row`]. In a diagonal pair (`rows == cols`) block (o, o2) with o2 < o is block
-/// (o2, o) transposed and is not formed.
-pub struct TilePair<'a> {
+/// One output o of one tile pair: the rows (i, o) of K, i ∈ `rows`, against the column
+/// samples j ∈ `cols` and the outputs o2 ≥ [`OutputRows::o0`]. Each row is formed on request
+/// ([`OutputRows::row_into`]) from the layers' products, in f64 on the host; nothing is
+/// stored. In a diagonal pair (`rows == cols`) the outputs o2 < o are not formed:
+/// K[(i,o),(j,o2)] = K[(j,o2),(i,o)] belongs to output o2's rows.
+pub struct OutputRows<'a> {
     pub rows: Range<usize>,
     pub cols: Range<usize>,
     pub diag: bool,
     pub c: usize,
-    /// `blocks[o·c + o2]`: `[rows.len(), cols.len()]` row-major.
-    blocks: &'a [Vec<f64>],
+    pub o: usize,
+    /// Per output o2 ≥ o0, its layers' terms.
+    terms: Vec<Vec<Term<'a>>>,
 }
 
-impl TilePair<'_> {
-    /// Block (o, o2): K[(rows.start + i, o), (cols.start + j, o2)] at `i·cols.len() + j`. In a
-    /// diagonal pair o2 ≥ o.
-    pub fn block(&self, o: usize, o2: usize) -> &[f64] {
-        debug_assert!(!self.diag || o2 >= o, "block ({o}, {o2}) is not formed");
-        &self.blocks[o * self.c + o2]
+impl OutputRows<'_> {
+    /// The first output o2 formed: o on the diagonal, else 0.
+    pub fn o0(&self) -> usize {
+        if self.diag { self.o } else { 0 }
     }
 
-    /// K[(rows.start + i, o), (cols.start + j, o2)] for all j. In a diagonal pair o2 ≥ o.
-    pub fn row(&self, o: usize, o2: usize, i: usize) -> &[f64] {
+    /// K[(rows.start + i, o), (cols.start + j, o2)] for all j into `out` (`cols.len()`
+    /// long): Σ_l w_l ⊙ p_l over the layers, summed in layer order. o2 ≥ [`Self::o0`].
+    pub fn row_into(&self, o2: usize, i: usize, out: &mut [f64]) {
         let bj = self.cols.len();
-        &self.block(o, o2)[i * bj..(i + 1) * bj]
+        let terms = &self.terms[o2 - self.o0()];
+        if terms.is_empty() {
+            // No layer contributes (o ≠ o2 in a model with only its output layer).
+            out.fill(0.0);
+        }
+        for (ti, t) in terms.iter().enumerate() {
+            let w = t.weight.map(|w| &w[i * bj..(i + 1) * bj]);
+            match t.data {
+                Some(data) => with_slice!(data, p => {
+                    put(out, Some(&p[t.offset + i * t.stride..][..bj]), w, ti == 0)
+                }),
+                None => put::<f64>(out, None, w, ti == 0),
+            }
+        }
     }
+}
+
+/// `out` ← (the first term) or += p ⊙ w, with p all ones when `None`.
+fn put<E: Copy + Into<f64>>(out: &mut [f64], p: Option<&[E]>, w: Option<&[f64]>, first: bool) {
+    let set = |o: &mut f64, x: f64| {
+        if first { *o = x } else { *o += x }
+    };
+    match (p, w) {
+        (Some(p), Some(w)) => {
+            for ((o, &p), w) in out.iter_mut().zip(p).zip(w) {
+                set(o, p.into() * w);
+            }
+        }
+        (Some(p), None) => {
+            for (o, &p) in out.iter_mut().zip(p) {
+                set(o, p.into());
+            }
+        }
+        (None, Some(w)) => {
+            for (o, &w) in out.iter_mut().zip(w) {
+                set(o, w);
+            }
+        }
+        (None, None) => out.iter_mut().for_each(|o| set(o, 1.0)),
+    }
+}
+
+/// What consumes K tile pair by tile pair ([`for_each_tile_pair`]).
+pub trait PairVisitor {
+    /// Output o's rows of one tile pair, for o = 0, 1, …, c − 1 in turn.
+    fn output(&mut self, rows: &OutputRows<'_>);
+    /// All c outputs of the tile pair (`rows`, `cols`) have been visited.
+    fn end_pair(&mut self, rows: Range<usize>, cols: Range<usize>, diag: bool);
 }
 
 /// The features of `tile`-sample tiles of samples `range`.
@@ -271,7 +323,7 @@ pub fn for_each_tile_pair<B: Backend>(
     chunk: usize,
     tile: usize,
     budget: FeatureBudget,
-    mut visit: impl FnMut(TilePair<'_>),
+    visitor: &mut impl PairVisitor,
 ) -> Result<usize, GeometryError> {
     let (n, c) = (ops.n, ops.c);
     let late_copies = late_copies(ops);
@@ -313,18 +365,7 @@ pub fn for_each_tile_pair<B: Backend>(
         }
         tiles
     };
-    let mut blocks = Vec::new();
-    let mut pair = |a: &Tile<B>, b: &Tile<B>| {
-        let diag = a.start == b.start;
-        pair_blocks(a, b, c, diag, &mut blocks);
-        visit(TilePair {
-            rows: a.start..a.start + a.len,
-            cols: b.start..b.start + b.len,
-            diag,
-            c,
-            blocks: &blocks,
-        });
-    };
+    let mut pair = |a: &Tile<B>, b: &Tile<B>| visit_pair(a, b, c, visitor);
     for g0 in (0..n).step_by(group) {
         let resident = tiles_of(g0..(g0 + group).min(n));
         for (ti, a) in resident.iter().enumerate() {
@@ -452,18 +493,14 @@ fn chunk_features<B: Backend>(
     feats
 }
 
-/// Every (output, output) block of the tile pair (a, b), in f64 on the host; in a diagonal
-/// pair only o ≤ o2. Each layer's product of backprop signals (or of gradient rows) is
-/// computed on the device; the sum over layers, with each affine layer's product weighted
-/// element-wise by its inputs' sample Gram, is formed on the host in one pass per block.
-fn pair_blocks<B: Backend>(
-    a: &Tile<B>,
-    b: &Tile<B>,
-    c: usize,
-    diag: bool,
-    blocks: &mut Vec<Vec<f64>>,
-) {
+/// Visits the tile pair (a, b), output by output: each layer's product of backprop signals
+/// (or of gradient rows) is computed on the device, one wide GEMM per layer and output; the
+/// sum over layers, each affine layer's product weighted element-wise by its inputs' sample
+/// Gram, is formed row by row by the visitor ([`OutputRows::row_into`]). In a diagonal pair
+/// only the output pairs o ≤ o2 are formed.
+fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl PairVisitor) {
     let (fi, fj, bi, bj) = (&a.feats, &b.feats, a.len, b.len);
+    let diag = a.start == b.start;
     // Per affine layer: its inputs' sample Gram, the weight of its products (shared by all
     // output pairs).
     let weights: Vec<Option<Vec<f64>>> = fi
@@ -477,7 +514,6 @@ fn pair_blocks<B: Backend>(
             _ => unreachable!("same layers in every chunk"),
         })
         .collect();
-    blocks.resize_with(c * c, Vec::new);
     for o in 0..c {
         // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
         let o0 = if diag { o } else { 0 };
@@ -531,8 +567,16 @@ fn pair_blocks<B: Backend>(
                     .collect()
             })
             .collect();
-        weighted_sums(&mut blocks[o * c + o0..(o + 1) * c], &terms, bi, bj);
+        visitor.output(&OutputRows {
+            rows: a.start..a.start + bi,
+            cols: b.start..b.start + bj,
+            diag,
+            c,
+            o,
+            terms,
+        });
     }
+    visitor.end_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
 }
 
 /// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`
@@ -543,69 +587,6 @@ struct Term<'a> {
     offset: usize,
     stride: usize,
     weight: Option<&'a [f64]>,
-}
-
-/// Each `outs[b]` ← Σ_l w_l ⊙ p_l over the layers' terms `terms[b]`, a `bi × bj` block in
-/// f64, summed in layer order. Bands of rows in parallel; within a band, row by row across
-/// all the blocks, so that a row of the weights (shared by the blocks) is read from memory
-/// once. The blocks are reused from pair to pair (no fresh pages to fault in).
-fn weighted_sums(outs: &mut [Vec<f64>], terms: &[Vec<Term<'_>>], bi: usize, bj: usize) {
-    /// `out` ← (the first term) or += p ⊙ w, with p all ones when `None`.
-    fn put<E: Copy + Into<f64>>(out: &mut [f64], p: Option<&[E]>, w: Option<&[f64]>, first: bool) {
-        let set = |o: &mut f64, x: f64| {
-            if first { *o = x } else { *o += x }
-        };
-        match (p, w) {
-            (Some(p), Some(w)) => {
-                for ((o, &p), w) in out.iter_mut().zip(p).zip(w) {
-                    set(o, p.into() * w);
-                }
-            }
-            (Some(p), None) => {
-                for (o, &p) in out.iter_mut().zip(p) {
-                    set(o, p.into());
-                }
-            }
-            (None, Some(w)) => {
-                for (o, &w) in out.iter_mut().zip(w) {
-                    set(o, w);
-                }
-            }
-            (None, None) => out.iter_mut().for_each(|o| set(o, 1.0)),
-        }
-    }
-    let rows = ((1 << 14) / bj.max(1)).max(1);
-    // Every entry is written by the first term: no zeroing, except of a fresh size or when
-    // no layer contributes (an output pair o ≠ o2 of a model with only its output layer).
-    let mut bands: Vec<Vec<&mut [f64]>> = (0..bi.div_ceil(rows)).map(|_| Vec::new()).collect();
-    for (out, terms) in outs.iter_mut().zip(terms) {
-        if out.len() != bi * bj {
-            out.clear();
-            out.resize(bi * bj, 0.0);
-        } else if terms.is_empty() {
-            out.fill(0.0);
-        }
-        for (band, rows) in bands.iter_mut().zip(out.chunks_mut(rows * bj)) {
-            band.push(rows);
-        }
-    }
-    bands.into_par_iter().enumerate().for_each(|(k, mut band)| {
-        for r in 0..band.first().map_or(0, |b| b.len() / bj.max(1)) {
-            let i = k * rows + r;
-            for (out, terms) in band.iter_mut().zip(terms) {
-                let out = &mut out[r * bj..(r + 1) * bj];
-                for (ti, t) in terms.iter().enumerate() {
-                    let w = t.weight.map(|w| &w[i * bj..(i + 1) * bj]);
-                    match t.data {
-                        Some(data) => with_slice!(data, p => {
-                            put(out, Some(&p[t.offset + i * t.stride..][..bj]), w, ti == 0)
-                        }),
-                        None => put::<f64>(out, None, w, ti == 0),
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// Computes K over the probe set of `ops`, `chunk` samples at a time. Fails with a clear
@@ -619,8 +600,9 @@ pub fn gram<B: Backend>(
 }
 
 /// [`gram`] with the host tile size given: the samples of each chunk are paired `tile` at a
-/// time ([`for_each_tile_pair`]), and each tile pair's (output, output) blocks are written
-/// into K row by row (contiguous writes), the lower triangle by a blocked transpose.
+/// time ([`for_each_tile_pair`]), and each output's rows are written into K row by row
+/// (contiguous writes); the lower triangle by a blocked transpose, or, within a diagonal
+/// pair, from each output's blocks held for it.
 pub fn gram_tiled<B: Backend>(
     ops: &ProbeOps<B>,
     chunk: usize,
@@ -628,37 +610,93 @@ pub fn gram_tiled<B: Backend>(
     max_bytes: usize,
 ) -> Result<Gram, GeometryError> {
     let (n, c) = (ops.n, ops.c);
-    let dim = n * c;
-    let mut k = vec![0.0; dim * dim];
-    for_each_tile_pair(ops, chunk, tile, FeatureBudget::strict(max_bytes), |p| {
-        let (si, bi, sj, bj) = (p.rows.start, p.rows.len(), p.cols.start, p.cols.len());
-        let diag = p.diag;
-        // Rows (si+i, o) of K, columns (sj+j, o2): contiguous writes, c rows per sample,
-        // samples in parallel.
-        k[si * c * dim..(si + bi) * c * dim]
+    let mut writer = GramWriter {
+        c,
+        dim: n * c,
+        k: vec![0.0; n * c * n * c],
+        blocks: Vec::new(),
+    };
+    for_each_tile_pair(
+        ops,
+        chunk,
+        tile,
+        FeatureBudget::strict(max_bytes),
+        &mut writer,
+    )?;
+    Ok(Gram { n, c, k: writer.k })
+}
+
+/// Writes K from the visited rows ([`gram_tiled`]).
+struct GramWriter {
+    c: usize,
+    dim: usize,
+    k: Vec<f64>,
+    /// A diagonal pair's blocks (o, o2 > o) of the current output, `[bi, bj]` each.
+    blocks: Vec<f64>,
+}
+
+impl PairVisitor for GramWriter {
+    fn output(&mut self, r: &OutputRows<'_>) {
+        let (dim, c, o, o0) = (self.dim, r.c, r.o, r.o0());
+        let (si, bi, sj, bj) = (r.rows.start, r.rows.len(), r.cols.start, r.cols.len());
+        let diag = r.diag;
+        let block = bi * bj;
+        self.blocks.resize(if diag { c * block } else { 0 }, 0.0);
+        // Rows (si+i, o) of K, columns (sj+j, o2): contiguous writes, samples in parallel;
+        // on the diagonal, each row is also kept in its block, for the mirror image below.
+        let mut held: Vec<Vec<&mut [f64]>> = (0..bi).map(|_| Vec::new()).collect();
+        for b in self.blocks.chunks_exact_mut(block.max(1)) {
+            for (h, row) in held.iter_mut().zip(b.chunks_exact_mut(bj)) {
+                h.push(row);
+            }
+        }
+        self.k[si * c * dim..(si + bi) * c * dim]
             .par_chunks_mut(c * dim)
+            .zip(held)
             .enumerate()
-            .for_each(|(i, rows)| {
-                for (o, row) in rows.chunks_exact_mut(dim).enumerate() {
-                    let row = &mut row[sj * c..(sj + bj) * c];
-                    for o2 in 0..c {
-                        if diag && o2 < o {
-                            for j in 0..bj {
-                                row[j * c + o2] = p.row(o2, o, j)[i];
-                            }
-                        } else {
-                            for (j, v) in p.row(o, o2, i).iter().enumerate() {
-                                row[j * c + o2] = *v;
-                            }
-                        }
+            .for_each(|(i, (rows, mut held))| {
+                let row = &mut rows[o * dim..(o + 1) * dim][sj * c..(sj + bj) * c];
+                let mut buf = vec![0.0; bj];
+                for o2 in o0..c {
+                    r.row_into(o2, i, &mut buf);
+                    for (j, v) in buf.iter().enumerate() {
+                        row[j * c + o2] = *v;
+                    }
+                    if diag && o2 > o {
+                        held[o2].copy_from_slice(&buf);
                     }
                 }
             });
-        if !diag {
-            mirror(&mut k, dim, si * c..(si + bi) * c, sj * c..(sj + bj) * c);
+        if diag {
+            // K[(si+j, o2), (si+i, o)] = K[(si+i, o), (si+j, o2)] for o2 > o: rows of samples j
+            // in parallel.
+            let blocks = &self.blocks;
+            self.k[si * c * dim..(si + bi) * c * dim]
+                .par_chunks_mut(c * dim)
+                .enumerate()
+                .for_each(|(j, rows)| {
+                    for o2 in o + 1..c {
+                        let row = &mut rows[o2 * dim..(o2 + 1) * dim][si * c..(si + bi) * c];
+                        let b = &blocks[o2 * block..(o2 + 1) * block];
+                        for i in 0..bi {
+                            row[i * c + o] = b[i * bj + j];
+                        }
+                    }
+                });
         }
-    })?;
-    Ok(Gram { n, c, k })
+    }
+
+    fn end_pair(&mut self, rows: Range<usize>, cols: Range<usize>, diag: bool) {
+        let c = self.c;
+        if !diag {
+            mirror(
+                &mut self.k,
+                self.dim,
+                rows.start * c..rows.end * c,
+                cols.start * c..cols.end * c,
+            );
+        }
+    }
 }
 
 /// Copies the block `rows × cols` of the row-major `dim × dim` matrix `k` to its transposed
