@@ -141,23 +141,26 @@ struct StreamedTraces<'e> {
 const R: usize = 8;
 
 impl PairVisitor for StreamedTraces<'_> {
+    fn begin_pair(&mut self, rows: Range<usize>, cols: Range<usize>, _diag: bool) {
+        let c = self.c;
+        let (bi, bj) = (rows.len(), cols.len());
+        let per_row = c * bj;
+        self.et.clear();
+        self.et.resize(per_row, 0.0);
+        for j in 0..bj {
+            for o2 in 0..c {
+                self.et[o2 * bj + j] = self.e[(cols.start + j) * c + o2];
+            }
+        }
+        self.upper.resize(bi * per_row, 0.0);
+        self.lower.clear();
+        self.lower.resize(bi * per_row, 0.0);
+    }
+
     fn output(&mut self, r: &OutputRows<'_>) {
         let (c, o, o0, diag) = (self.c, r.o, r.o0(), r.diag);
-        let (bi, bj) = (r.rows.len(), r.cols.len());
+        let bj = r.cols.len();
         let per_row = c * bj;
-        if o == 0 {
-            // A new pair.
-            self.et.clear();
-            self.et.resize(per_row, 0.0);
-            for j in 0..bj {
-                for o2 in 0..c {
-                    self.et[o2 * bj + j] = self.e[(r.cols.start + j) * c + o2];
-                }
-            }
-            self.upper.resize(bi * per_row, 0.0);
-            self.lower.clear();
-            self.lower.resize(bi * per_row, 0.0);
-        }
         let (e, et) = (self.e, &self.et);
         let ke_rows = &mut self.ke[r.rows.start * c..r.rows.end * c];
         let parts: Vec<(f64, f64, f64)> = ke_rows

@@ -296,8 +296,11 @@ fn put<E: Copy + Into<f64>>(out: &mut [f64], p: Option<&[E]>, w: Option<&[f64]>,
     }
 }
 
-/// What consumes K tile pair by tile pair ([`for_each_tile_pair`]).
+/// What consumes K tile pair by tile pair ([`for_each_tile_pair`]): `begin_pair`, the c
+/// outputs in turn, `end_pair`.
 pub trait PairVisitor {
+    /// A tile pair (`rows`, `cols`) begins.
+    fn begin_pair(&mut self, _rows: Range<usize>, _cols: Range<usize>, _diag: bool) {}
     /// Output o's rows of one tile pair, for o = 0, 1, …, c − 1 in turn.
     fn output(&mut self, rows: &OutputRows<'_>);
     /// All c outputs of the tile pair (`rows`, `cols`) have been visited.
@@ -528,6 +531,7 @@ fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl
             _ => None,
         })
         .collect();
+    visitor.begin_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
     for o in 0..c {
         // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
         let o0 = if diag { o } else { 0 };
