@@ -41,16 +41,23 @@ impl ConvWeightGrad {
     /// tensors live on the host), [`ConvWeightGrad::Backend`] elsewhere (a GPU would pay a
     /// device round trip for the patches).
     pub fn for_device<B: Backend>(device: &B::Device) -> Self {
-        let name = B::name(device);
-        let mut inner = name.as_str();
-        while let Some(rest) = inner.strip_prefix("autodiff<") {
-            inner = rest.strip_suffix('>').unwrap_or(rest);
-        }
-        match inner {
-            "flex" | "ndarray" => ConvWeightGrad::HostIm2col,
-            _ => ConvWeightGrad::Backend,
+        if on_host::<B>(device) {
+            ConvWeightGrad::HostIm2col
+        } else {
+            ConvWeightGrad::Backend
         }
     }
+}
+
+/// Whether `B`'s tensors live in host memory (burn-flex, burn-ndarray, under any number of
+/// autodiff decorators), so host-side work on them costs no device round trip.
+pub fn on_host<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    let mut inner = name.as_str();
+    while let Some(rest) = inner.strip_prefix("autodiff<") {
+        inner = rest.strip_suffix('>').unwrap_or(rest);
+    }
+    matches!(inner, "flex" | "ndarray")
 }
 
 /// Hook called once per parametric layer, in parameter order, during a forward pass.

@@ -15,7 +15,7 @@ pub mod params;
 
 pub use config::{Head, ModelConfig};
 pub use device_set::{DeviceSet, mse};
-pub use layers::{ConvGeom, ConvWeightGrad, Layer, NoTap, Tap};
+pub use layers::{ConvGeom, ConvWeightGrad, Layer, NoTap, Tap, on_host};
 pub use net::{Arch, Net, Stage};
 pub use params::{
     FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, in_blocks,

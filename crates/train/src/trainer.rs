@@ -350,9 +350,9 @@ pub fn train<B: AutodiffBackend>(
                 checkpoint: last_ckpt,
             });
         }
-        model = match &whole {
+        model = match whole {
             Some(g) => sgd.step(model, g, lr),
-            None => sgd.step_flat(model, &grads, lr),
+            None => sgd.step_flat(model, grads, lr),
         };
         train_s += t0.elapsed().as_secs_f64();
 

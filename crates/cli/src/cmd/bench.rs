@@ -209,7 +209,7 @@ impl BenchJob {
                 // and for the previous step's update, which the forward depends on).
                 sink += loss.clone().into_scalar().elem::<f64>();
                 let grads = loss.backward();
-                model = Some(sgd.step(m, &grads, 0.01));
+                model = Some(sgd.step(m, grads, 0.01));
             });
             let _ = sink;
             Ok(Timing::new(
