@@ -37,13 +37,14 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use noisegeom_models::{ConvGeom, Stage, Tap};
 
+use crate::linalg::{GemmElem, row_products};
 use crate::nested::{Ad, to_host, with_slice};
 use crate::{GeometryError, ProbeOps};
 
@@ -368,7 +369,8 @@ pub fn for_each_tile_pair<B: Backend>(
         }
         tiles
     };
-    let mut pair = |a: &Tile<B>, b: &Tile<B>| visit_pair(a, b, c, visitor);
+    let host = ops.host_products;
+    let mut pair = |a: &Tile<B>, b: &Tile<B>| visit_pair(a, b, c, host, visitor);
     for g0 in (0..n).step_by(group) {
         let resident = tiles_of(g0..(g0 + group).min(n));
         for (ti, a) in resident.iter().enumerate() {
@@ -500,8 +502,16 @@ fn chunk_features<B: Backend>(
 /// (or of gradient rows) is computed on the device, one wide GEMM per layer and output; the
 /// sum over layers, each affine layer's product weighted element-wise by its inputs' sample
 /// Gram, is formed row by row by the visitor ([`OutputRows::row_into`]). In a diagonal pair
-/// only the output pairs o ≤ o2 are formed.
-fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl PairVisitor) {
+/// only the output pairs o ≤ o2 are formed. With `host`, the affine layers' products are
+/// formed on host memory into one buffer per layer, reused across outputs
+/// ([`HostProduct`]).
+fn visit_pair<B: Backend>(
+    a: &Tile<B>,
+    b: &Tile<B>,
+    c: usize,
+    host: bool,
+    visitor: &mut impl PairVisitor,
+) {
     let (fi, fj, bi, bj) = (&a.feats, &b.feats, a.len, b.len);
     let diag = a.start == b.start;
     // Per affine layer: its inputs' sample Gram, the weight of its products (shared by all
@@ -531,6 +541,18 @@ fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl
             _ => None,
         })
         .collect();
+    // The affine layers' signals on the host, when their products are formed there.
+    let mut hosted: Vec<Option<HostProduct>> = fi
+        .iter()
+        .zip(fj)
+        .map(|(a, b)| match (a, b) {
+            (Feature::Affine { units: true, .. }, Feature::Affine { units: true, .. }) => None,
+            (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) if host => {
+                Some(HostProduct::new(di, (!diag).then_some(dj), bi, c * bj))
+            }
+            _ => None,
+        })
+        .collect();
     visitor.begin_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
     for o in 0..c {
         // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
@@ -539,13 +561,16 @@ fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl
         // Per layer, the products of output o's rows (backprop signals or gradient rows) with
         // those of all outputs o2 ≥ o0: [bi, (c − o0)·bj], one wide GEMM rather than c − o0
         // narrow ones. `None` for the output layer (δ_{i,o} = e_o on both sides) and for the
-        // layers whose `whole` product is formed.
-        let own: Vec<Option<TensorData>> = fi
+        // layers whose `whole` product is formed, or whose product is formed on the host.
+        for h in hosted.iter_mut().flatten() {
+            h.form(o * bi, o0 * bj, width);
+        }
+        let device: Vec<Option<TensorData>> = fi
             .iter()
             .zip(fj)
-            .zip(&whole)
-            .map(|((a, b), whole)| {
-                if whole.is_some() {
+            .zip(whole.iter().zip(&hosted))
+            .map(|((a, b), (whole, hosted))| {
+                if whole.is_some() || hosted.is_some() {
                     return None;
                 }
                 let (ri, rj) = match (a, b) {
@@ -565,6 +590,11 @@ fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl
                 )
             })
             .collect();
+        let own: Vec<Option<&TensorData>> = device
+            .iter()
+            .zip(&hosted)
+            .map(|(d, h)| d.as_ref().or(h.as_ref().map(|h| &h.out)))
+            .collect();
         // Per output pair (o, o2) and layer: its slice of the product, weighted by its
         // inputs' Gram where affine; or, for the output layer, its inputs' Gram alone on the
         // block o = o2 and nothing elsewhere.
@@ -576,7 +606,7 @@ fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl
                     .zip(&whole)
                     .filter_map(|((w, own), whole)| match (own, whole) {
                         (Some(p), _) => Some(Term {
-                            data: Some(p),
+                            data: Some(*p),
                             offset: (o2 - o0) * bj,
                             stride: width,
                             weight: w.as_deref(),
@@ -607,6 +637,66 @@ fn visit_pair<B: Backend>(a: &Tile<B>, b: &Tile<B>, c: usize, visitor: &mut impl
         });
     }
     visitor.end_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
+}
+
+/// An affine layer's products in a tile pair, formed on host memory: both tiles' backprop
+/// signals copied to the host once per pair (`[c·b, d]`, rows output-major; the row tile's
+/// alone in a diagonal pair), and one `[bi, c·bj]` output buffer that each output's product
+/// overwrites, with row stride `width`.
+struct HostProduct {
+    rows: TensorData,
+    cols: Option<TensorData>,
+    out: TensorData,
+    d: usize,
+}
+
+impl HostProduct {
+    fn new<B: Backend>(
+        rows: &Tensor<B, 2>,
+        cols: Option<&Tensor<B, 2>>,
+        bi: usize,
+        max_width: usize,
+    ) -> Self {
+        let d = rows.dims()[1];
+        let rows = rows.clone().into_data();
+        let cols = cols.map(|t| t.clone().into_data());
+        let out = match rows.dtype {
+            DType::F64 => TensorData::new(vec![0.0f64; bi * max_width], [bi, max_width]),
+            _ => TensorData::new(vec![0.0f32; bi * max_width], [bi, max_width]),
+        };
+        HostProduct { rows, cols, out, d }
+    }
+
+    /// `out[.., ..width]` (row stride `width`) ← rows `r0..r0 + bi` times the columns' rows
+    /// `c0..c0 + width`.
+    fn form(&mut self, r0: usize, c0: usize, width: usize) {
+        fn go<E: GemmElem + burn::tensor::Element>(
+            h: &mut HostProduct,
+            r0: usize,
+            c0: usize,
+            width: usize,
+        ) {
+            let d = h.d;
+            let bi = h.out.shape[0];
+            let all = "the product's operands and output share one dtype";
+            let rows = h.rows.as_slice::<E>().expect(all);
+            let cols = match &h.cols {
+                Some(cols) => cols.as_slice::<E>().expect(all),
+                None => rows,
+            };
+            let out = h.out.as_mut_slice::<E>().expect(all);
+            row_products(
+                &rows[r0 * d..(r0 + bi) * d],
+                &cols[c0 * d..(c0 + width) * d],
+                d,
+                &mut out[..bi * width],
+            );
+        }
+        match self.out.dtype {
+            DType::F64 => go::<f64>(self, r0, c0, width),
+            _ => go::<f32>(self, r0, c0, width),
+        }
+    }
 }
 
 /// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`

@@ -28,6 +28,11 @@ pub struct ProbeOps<B: Backend> {
     pub c: usize,
     pub p: usize,
     pub chunk: usize,
+    /// Whether the Gram's affine-layer products are formed on host memory by direct GEMM
+    /// calls (`linalg::row_products`) rather than by the backend's matmul. Set when the
+    /// backend's tensors live on the host (burn-flex, burn-ndarray); tests clear it to check
+    /// the backend path too.
+    pub host_products: bool,
     theta: Vec<f64>,
     net: Net<B>,
     net_ad: Net<Ad<B>>,
@@ -125,6 +130,7 @@ impl<B: Backend> ProbeOps<B> {
             c,
             p,
             chunk: chunk.clamp(1, n),
+            host_products: noisegeom_models::on_host::<B>(device),
             theta: theta.to_vec(),
             net,
             net_ad,

@@ -19,37 +19,45 @@ fn trace_prod(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
         .sum()
 }
 
+/// The Gram entry-wise, and μ from it and streamed, with the affine layers' products formed
+/// on the host (what the CPU backends do) and by the backend's matmul (what wgpu does).
 #[test]
 fn gram_and_mu_match_dense() {
     for p in zoo(6) {
         let truth = dense(&p);
-        // Chunks of 4 samples paired in host tiles of 3: blocks across chunks and across
-        // tiles within a chunk (sizes 3, 1 and 2) are part of the test.
-        let ops =
-            ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 4, &dev()).unwrap();
-        let k = gram_tiled(&ops, 4, 3, 1 << 30).unwrap();
-        let nc = p.n * p.c;
-        let mut err: f64 = 0.0;
-        let mut scale: f64 = 0.0;
-        for r in 0..nc {
-            for s in 0..nc {
-                let want: f64 = truth.j[r].iter().zip(&truth.j[s]).map(|(a, b)| a * b).sum();
-                err = err.max((k.at(r, s) - want).abs());
-                scale = scale.max(want.abs());
+        for host_products in [true, false] {
+            // Chunks of 4 samples paired in host tiles of 3: blocks across chunks and across
+            // tiles within a chunk (sizes 3, 1 and 2) are part of the test.
+            let mut ops =
+                ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 4, &dev()).unwrap();
+            assert!(
+                ops.host_products,
+                "the CPU backends form the products on the host"
+            );
+            ops.host_products = host_products;
+            let name = format!("{} (host products: {host_products})", p.name);
+            let k = gram_tiled(&ops, 4, 3, 1 << 30).unwrap();
+            let nc = p.n * p.c;
+            let mut err: f64 = 0.0;
+            let mut scale: f64 = 0.0;
+            for r in 0..nc {
+                for s in 0..nc {
+                    let want: f64 = truth.j[r].iter().zip(&truth.j[s]).map(|(a, b)| a * b).sum();
+                    err = err.max((k.at(r, s) - want).abs());
+                    scale = scale.max(want.abs());
+                }
             }
+            assert!(
+                err <= 1e-10 * scale,
+                "{name}: Gram error {err:e} (scale {scale:e})"
+            );
+
+            check_alignment(&name, &exact_alignment(&k, ops.residuals()), &truth, p.c);
+
+            // Streamed (K never stored), features resident, in tiles of 3 across chunks of 4.
+            let la = exact_alignment_streamed(&ops, 4, 3, FeatureBudget::strict(1 << 30)).unwrap();
+            check_alignment(&name, &la, &truth, p.c);
         }
-        assert!(
-            err <= 1e-10 * scale,
-            "{}: Gram error {:e} (scale {scale:e})",
-            p.name,
-            err
-        );
-
-        check_alignment(&p.name, &exact_alignment(&k, ops.residuals()), &truth, p.c);
-
-        // Streamed (K never stored), features resident, in tiles of 3 across chunks of 4.
-        let la = exact_alignment_streamed(&ops, 4, 3, FeatureBudget::strict(1 << 30)).unwrap();
-        check_alignment(&p.name, &la, &truth, p.c);
     }
 }
 
