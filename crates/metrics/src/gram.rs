@@ -160,10 +160,15 @@ enum Feature<B: Backend> {
     /// `a`: `[b, in (+1)]` layer inputs; `delta`: `[c·b, out]`, rows output-major (o·b + i).
     /// `units`: δ_{i,o} = e_o for every sample of the chunk (the output layer, checked
     /// exactly), so that between two such chunks δ_{i,o}·δ_{j,o2} = [o = o2] needs no product.
+    /// `symmetric`: δ_{i,o} = D_i·u_o with D_i diagonal and u_o shared by all samples (the
+    /// last hidden affine layer, when only an elementwise activation lies between it and an
+    /// output layer whose signals are the selection: u_o is that layer's weight row o), so
+    /// δ_{i,o}·δ_{j,o2} = Σ_k D_ik D_jk u_ok u_o2k is symmetric under o ↔ o2.
     Affine {
         a: Tensor<B, 2>,
         delta: Tensor<B, 2>,
         units: bool,
+        symmetric: bool,
     },
     /// `[c·b, q]` gradient rows, output-major.
     Rows(Tensor<B, 2>),
@@ -184,10 +189,16 @@ impl<B: Backend> Feature<B> {
                 .reshape([c * t, q])
         };
         match self {
-            Feature::Affine { a, delta, units } => Feature::Affine {
+            Feature::Affine {
+                a,
+                delta,
+                units,
+                symmetric,
+            } => Feature::Affine {
                 a: a.clone().narrow(0, t0, t),
                 delta: rows(delta),
                 units: *units,
+                symmetric: *symmetric,
             },
             Feature::Rows(r) => Feature::Rows(rows(r)),
         }
@@ -462,7 +473,12 @@ fn chunk_features<B: Backend>(
                 };
                 // The output layer's signal is the selection itself (nothing follows it).
                 let units = delta.dims() == [c * b, c] && to_host(delta.clone()) == sel;
-                Feature::Affine { a, delta, units }
+                Feature::Affine {
+                    a,
+                    delta,
+                    units,
+                    symmetric: false,
+                }
             }
             Record::Conv {
                 input,
@@ -495,16 +511,45 @@ fn chunk_features<B: Backend>(
             }
         });
     }
+    if let Some(l) = symmetric_layer(&ops.arch.stages)
+        && matches!(feats.last(), Some(Feature::Affine { units: true, .. }))
+        && let Some(Feature::Affine { symmetric, .. }) = feats.get_mut(l)
+    {
+        *symmetric = true;
+    }
     feats
 }
 
+/// The parametric layer (its index among them) whose backprop signals are symmetric in the
+/// outputs when the last layer's signals are the selection ([`Feature::Affine`]): the
+/// second-to-last parametric layer, if it and the last are affine and only activations lie
+/// between them.
+fn symmetric_layer(stages: &[Stage]) -> Option<usize> {
+    let params: Vec<usize> = (0..stages.len())
+        .filter(|&k| {
+            matches!(
+                stages[k],
+                Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
+            )
+        })
+        .collect();
+    let [.., prev, last] = params[..] else {
+        return None;
+    };
+    let affine = |k: usize| matches!(stages[k], Stage::Dense { .. });
+    let between = stages[prev + 1..last]
+        .iter()
+        .all(|s| matches!(s, Stage::Act { .. }));
+    (affine(prev) && affine(last) && between).then_some(params.len() - 2)
+}
+
 /// Visits the tile pair (a, b), output by output: each layer's product of backprop signals
-/// (or of gradient rows) is computed on the device, one wide GEMM per layer and output; the
+/// (or of gradient rows) is formed by one wide GEMM per layer and output ([`Products`]); the
 /// sum over layers, each affine layer's product weighted element-wise by its inputs' sample
 /// Gram, is formed row by row by the visitor ([`OutputRows::row_into`]). In a diagonal pair
-/// only the output pairs o ≤ o2 are formed. With `host`, the affine layers' products are
-/// formed on host memory into one buffer per layer, reused across outputs
-/// ([`HostProduct`]).
+/// only the output pairs o ≤ o2 are formed, and so they are, off the diagonal, for a layer
+/// whose products are symmetric under o ↔ o2 (see [`Feature::Affine`]). With `host`, the
+/// affine layers' products are formed on host memory ([`row_products`]).
 fn visit_pair<B: Backend>(
     a: &Tile<B>,
     b: &Tile<B>,
@@ -527,74 +572,18 @@ fn visit_pair<B: Backend>(
             _ => unreachable!("same layers in every chunk"),
         })
         .collect();
-    // Off the diagonal, a layer of gradient rows' product for all output pairs at once,
-    // [c·bi, c·bj]: their rows are long (a convolution's per-sample gradients), and one GEMM
-    // packs its right-hand side once, where c GEMMs would pack it c times (measured: the
-    // CNN's grouped μ over n = 4096 took 1001 s with per-output GEMMs, against 586 s).
-    let whole: Vec<Option<TensorData>> = fi
+    let mut products: Vec<Products<'_, B>> = fi
         .iter()
         .zip(fj)
-        .map(|(a, b)| match (a, b) {
-            (Feature::Rows(ri), Feature::Rows(rj)) if !diag => {
-                Some(ri.clone().matmul(rj.clone().transpose()).into_data())
-            }
-            _ => None,
-        })
-        .collect();
-    // The affine layers' signals on the host, when their products are formed there.
-    let mut hosted: Vec<Option<HostProduct>> = fi
-        .iter()
-        .zip(fj)
-        .map(|(a, b)| match (a, b) {
-            (Feature::Affine { units: true, .. }, Feature::Affine { units: true, .. }) => None,
-            (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) if host => {
-                Some(HostProduct::new(di, (!diag).then_some(dj), bi, c * bj))
-            }
-            _ => None,
-        })
+        .map(|(a, b)| Products::new(a, b, diag, host))
         .collect();
     visitor.begin_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
     for o in 0..c {
         // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
         let o0 = if diag { o } else { 0 };
-        let width = (c - o0) * bj;
-        // Per layer, the products of output o's rows (backprop signals or gradient rows) with
-        // those of all outputs o2 ≥ o0: [bi, (c − o0)·bj], one wide GEMM rather than c − o0
-        // narrow ones. `None` for the output layer (δ_{i,o} = e_o on both sides) and for the
-        // layers whose `whole` product is formed, or whose product is formed on the host.
-        for h in hosted.iter_mut().flatten() {
-            h.form(o * bi, o0 * bj, width);
+        for p in &mut products {
+            p.form(o, diag, c, bi, bj);
         }
-        let device: Vec<Option<TensorData>> = fi
-            .iter()
-            .zip(fj)
-            .zip(whole.iter().zip(&hosted))
-            .map(|((a, b), (whole, hosted))| {
-                if whole.is_some() || hosted.is_some() {
-                    return None;
-                }
-                let (ri, rj) = match (a, b) {
-                    (Feature::Affine { units: true, .. }, Feature::Affine { units: true, .. }) => {
-                        return None;
-                    }
-                    (Feature::Affine { delta: di, .. }, Feature::Affine { delta: dj, .. }) => {
-                        (di.clone(), dj.clone())
-                    }
-                    (Feature::Rows(ri), Feature::Rows(rj)) => (ri.clone(), rj.clone()),
-                    _ => unreachable!("same layers in every chunk"),
-                };
-                Some(
-                    ri.narrow(0, o * bi, bi)
-                        .matmul(rj.narrow(0, o0 * bj, width).transpose())
-                        .into_data(),
-                )
-            })
-            .collect();
-        let own: Vec<Option<&TensorData>> = device
-            .iter()
-            .zip(&hosted)
-            .map(|(d, h)| d.as_ref().or(h.as_ref().map(|h| &h.out)))
-            .collect();
         // Per output pair (o, o2) and layer: its slice of the product, weighted by its
         // inputs' Gram where affine; or, for the output layer, its inputs' Gram alone on the
         // block o = o2 and nothing elsewhere.
@@ -602,28 +591,8 @@ fn visit_pair<B: Backend>(
             .map(|o2| {
                 weights
                     .iter()
-                    .zip(&own)
-                    .zip(&whole)
-                    .filter_map(|((w, own), whole)| match (own, whole) {
-                        (Some(p), _) => Some(Term {
-                            data: Some(*p),
-                            offset: (o2 - o0) * bj,
-                            stride: width,
-                            weight: w.as_deref(),
-                        }),
-                        (None, Some(p)) => Some(Term {
-                            data: Some(p),
-                            offset: o * bi * c * bj + o2 * bj,
-                            stride: c * bj,
-                            weight: None,
-                        }),
-                        (None, None) => (o == o2).then_some(Term {
-                            data: None,
-                            offset: 0,
-                            stride: bj,
-                            weight: w.as_deref(),
-                        }),
-                    })
+                    .zip(&products)
+                    .filter_map(|(w, p)| p.term(o, o2, diag, c, bi, bj, w.as_deref()))
                     .collect()
             })
             .collect();
@@ -639,64 +608,204 @@ fn visit_pair<B: Backend>(
     visitor.end_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
 }
 
-/// An affine layer's products in a tile pair, formed on host memory: both tiles' backprop
-/// signals copied to the host once per pair (`[c·b, d]`, rows output-major; the row tile's
-/// alone in a diagonal pair), and one `[bi, c·bj]` output buffer that each output's product
-/// overwrites, with row stride `width`.
-struct HostProduct {
-    rows: TensorData,
-    cols: Option<TensorData>,
-    out: TensorData,
-    d: usize,
+/// One layer's products in a tile pair.
+enum Products<'a, B: Backend> {
+    /// The output layer between two chunks whose signals are the selection:
+    /// δ_{i,o}·δ_{j,o2} = [o = o2], no product formed.
+    Units,
+    /// Off the diagonal, a layer of gradient rows: one `[c·bi, c·bj]` product for all output
+    /// pairs. Their rows are long (a convolution's per-sample gradients), and one GEMM packs
+    /// its right-hand side once, where c GEMMs would pack it c times (measured: the CNN's
+    /// grouped μ over n = 4096 took 1001 s with per-output GEMMs, against 586 s).
+    Whole(TensorData),
+    /// Output by output: `outs[slot]` holds output o's rows against the outputs o2 ≥
+    /// [`Products::from`], `[bi, (c − from)·bj]` row-major.
+    PerOutput {
+        source: Source<'a, B>,
+        /// Products symmetric under o ↔ o2 in an off-diagonal pair: every output's product
+        /// is kept (slot o), and the blocks o2 < o are read from output o2's.
+        mirror: bool,
+        outs: Vec<TensorData>,
+    },
 }
 
-impl HostProduct {
-    fn new<B: Backend>(
-        rows: &Tensor<B, 2>,
-        cols: Option<&Tensor<B, 2>>,
-        bi: usize,
-        max_width: usize,
-    ) -> Self {
-        let d = rows.dims()[1];
-        let rows = rows.clone().into_data();
-        let cols = cols.map(|t| t.clone().into_data());
-        let out = match rows.dtype {
-            DType::F64 => TensorData::new(vec![0.0f64; bi * max_width], [bi, max_width]),
-            _ => TensorData::new(vec![0.0f32; bi * max_width], [bi, max_width]),
+/// Where a layer's per-output products are formed.
+enum Source<'a, B: Backend> {
+    /// The backend's matmul, on the tiles' signals or gradient rows.
+    Device(&'a Tensor<B, 2>, &'a Tensor<B, 2>),
+    /// Host memory: both tiles' signals copied once per pair (`[c·b, d]`, rows output-major;
+    /// the row tile's alone in a diagonal pair), each output's product written into a
+    /// buffer (reused unless `mirror`).
+    Host {
+        rows: TensorData,
+        cols: Option<TensorData>,
+        d: usize,
+    },
+}
+
+impl<'a, B: Backend> Products<'a, B> {
+    fn new(a: &'a Feature<B>, b: &'a Feature<B>, diag: bool, host: bool) -> Self {
+        let per_output = |source, mirror| Products::PerOutput {
+            source,
+            mirror,
+            outs: Vec::new(),
         };
-        HostProduct { rows, cols, out, d }
+        match (a, b) {
+            (Feature::Affine { units: true, .. }, Feature::Affine { units: true, .. }) => {
+                Products::Units
+            }
+            (
+                Feature::Affine {
+                    delta: di,
+                    symmetric: si,
+                    ..
+                },
+                Feature::Affine {
+                    delta: dj,
+                    symmetric: sj,
+                    ..
+                },
+            ) => {
+                let mirror = !diag && *si && *sj;
+                let source = if host {
+                    let rows = di.clone().into_data();
+                    let cols = (!diag).then(|| dj.clone().into_data());
+                    Source::Host {
+                        rows,
+                        cols,
+                        d: di.dims()[1],
+                    }
+                } else {
+                    Source::Device(di, dj)
+                };
+                per_output(source, mirror)
+            }
+            (Feature::Rows(ri), Feature::Rows(rj)) if !diag => {
+                Products::Whole(ri.clone().matmul(rj.clone().transpose()).into_data())
+            }
+            (Feature::Rows(ri), Feature::Rows(rj)) => per_output(Source::Device(ri, rj), false),
+            _ => unreachable!("same layers in every chunk"),
+        }
     }
 
-    /// `out[.., ..width]` (row stride `width`) ← rows `r0..r0 + bi` times the columns' rows
-    /// `c0..c0 + width`.
-    fn form(&mut self, r0: usize, c0: usize, width: usize) {
-        fn go<E: GemmElem + burn::tensor::Element>(
-            h: &mut HostProduct,
-            r0: usize,
-            c0: usize,
-            width: usize,
-        ) {
-            let d = h.d;
-            let bi = h.out.shape[0];
-            let all = "the product's operands and output share one dtype";
-            let rows = h.rows.as_slice::<E>().expect(all);
-            let cols = match &h.cols {
-                Some(cols) => cols.as_slice::<E>().expect(all),
-                None => rows,
-            };
-            let out = h.out.as_mut_slice::<E>().expect(all);
-            row_products(
-                &rows[r0 * d..(r0 + bi) * d],
-                &cols[c0 * d..(c0 + width) * d],
-                d,
-                &mut out[..bi * width],
-            );
-        }
-        match self.out.dtype {
-            DType::F64 => go::<f64>(self, r0, c0, width),
-            _ => go::<f32>(self, r0, c0, width),
+    /// The first output o2 whose products with output o's rows are formed.
+    fn from(mirror: bool, diag: bool, o: usize) -> usize {
+        if diag || mirror { o } else { 0 }
+    }
+
+    /// Forms output o's products (per-output layers only).
+    fn form(&mut self, o: usize, diag: bool, c: usize, bi: usize, bj: usize) {
+        let Products::PerOutput {
+            source,
+            mirror,
+            outs,
+        } = self
+        else {
+            return;
+        };
+        let from = Self::from(*mirror, diag, o);
+        let width = (c - from) * bj;
+        let slot = if *mirror { o } else { 0 };
+        match source {
+            Source::Device(ri, rj) => {
+                let p = ri
+                    .clone()
+                    .narrow(0, o * bi, bi)
+                    .matmul(rj.clone().narrow(0, from * bj, width).transpose())
+                    .into_data();
+                if slot < outs.len() {
+                    outs[slot] = p;
+                } else {
+                    outs.push(p);
+                }
+            }
+            Source::Host { rows, cols, d } => {
+                if slot == outs.len() {
+                    // Reused: sized for the widest output; kept: for its own.
+                    let len = bi * if *mirror { width } else { c * bj };
+                    outs.push(match rows.dtype {
+                        DType::F64 => TensorData::new(vec![0.0f64; len], [len]),
+                        _ => TensorData::new(vec![0.0f32; len], [len]),
+                    });
+                }
+                let cols = cols.as_ref().unwrap_or(rows);
+                let out = &mut outs[slot];
+                let (r, k) = (o * bi..(o + 1) * bi, from * bj..from * bj + width);
+                match rows.dtype {
+                    DType::F64 => host_rows_product::<f64>(rows, r, cols, k, *d, out),
+                    _ => host_rows_product::<f32>(rows, r, cols, k, *d, out),
+                }
+            }
         }
     }
+
+    /// The term of block (o, o2) in output o's rows, o2 ≥ o0, or `None` where the layer
+    /// contributes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn term<'t>(
+        &'t self,
+        o: usize,
+        o2: usize,
+        diag: bool,
+        c: usize,
+        bi: usize,
+        bj: usize,
+        weight: Option<&'t [f64]>,
+    ) -> Option<Term<'t>> {
+        match self {
+            Products::Units => (o == o2).then_some(Term {
+                data: None,
+                offset: 0,
+                stride: bj,
+                weight,
+            }),
+            Products::Whole(p) => Some(Term {
+                data: Some(p),
+                offset: o * bi * c * bj + o2 * bj,
+                stride: c * bj,
+                weight,
+            }),
+            Products::PerOutput { mirror, outs, .. } => {
+                let from = Self::from(*mirror, diag, o);
+                Some(if o2 >= from {
+                    Term {
+                        data: Some(&outs[if *mirror { o } else { 0 }]),
+                        offset: (o2 - from) * bj,
+                        stride: (c - from) * bj,
+                        weight,
+                    }
+                } else {
+                    // Symmetric products: block (o, o2) equals block (o2, o) of output o2.
+                    Term {
+                        data: Some(&outs[o2]),
+                        offset: (o - o2) * bj,
+                        stride: (c - o2) * bj,
+                        weight,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// `out[..rows·cols]` ← the products of `a`'s rows `rows` with `b`'s rows `cols` (both
+/// `[·, d]` row-major), `[rows.len(), cols.len()]` row-major.
+fn host_rows_product<E: GemmElem + burn::tensor::Element>(
+    a: &TensorData,
+    rows: Range<usize>,
+    b: &TensorData,
+    cols: Range<usize>,
+    d: usize,
+    out: &mut TensorData,
+) {
+    let same = "the product's operands and output share one dtype";
+    let len = rows.len() * cols.len();
+    row_products(
+        &a.as_slice::<E>().expect(same)[rows.start * d..rows.end * d],
+        &b.as_slice::<E>().expect(same)[cols.start * d..cols.end * d],
+        d,
+        &mut out.as_mut_slice::<E>().expect(same)[..len],
+    );
 }
 
 /// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`
