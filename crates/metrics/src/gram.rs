@@ -42,7 +42,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use noisegeom_models::{ConvGeom, Stage, Tap};
+use noisegeom_models::{Activation, ConvGeom, Layer, Stage, Tap};
 
 use crate::linalg::{GemmElem, row_products};
 use crate::nested::{Ad, to_host, with_slice};
@@ -436,9 +436,117 @@ fn selection(c: usize, b: usize) -> Vec<f64> {
     sel
 }
 
-/// One forward over samples `start..start + b` (c copies) and one backward of
-/// Σ_{i,o} f_o(x_i)·[copy = o]: each parametric layer's per-sample features.
+/// Each parametric layer's per-sample features over samples `start..start + b`: for a
+/// network of affine layers and activations only, written out ([`mlp_features`]); else one
+/// forward (c copies) and one backward of Σ_{i,o} f_o(x_i)·[copy = o].
 fn chunk_features<B: Backend>(
+    ops: &ProbeOps<B>,
+    start: usize,
+    b: usize,
+    late_copies: bool,
+) -> Vec<Feature<B>> {
+    let mut feats = match mlp_features(ops, start, b) {
+        Some(feats) => feats,
+        None => autodiff_features(ops, start, b, late_copies),
+    };
+    if let Some(l) = symmetric_layer(&ops.arch.stages)
+        && matches!(feats.last(), Some(Feature::Affine { units: true, .. }))
+        && let Some(Feature::Affine { symmetric, .. }) = feats.get_mut(l)
+    {
+        *symmetric = true;
+    }
+    feats
+}
+
+/// The features of a network whose stages are affine layers, each followed by at most one
+/// activation, the last by none: one forward over the b samples records each layer's input
+/// a_l and pre-activation z_l, and the backward is written out on c·b rows, δ_L = e_o and
+/// δ_l = (δ_{l+1}·W_{l+1}) ⊙ σ'(z_l). Autodiff needs the c copies of the batch in the
+/// forward as well (one graph row per cotangent), which repeats the forward past the first
+/// layer c times. `None` for any other architecture.
+fn mlp_features<B: Backend>(ops: &ProbeOps<B>, start: usize, b: usize) -> Option<Vec<Feature<B>>> {
+    // Per affine layer, the activation that follows it.
+    let mut acts: Vec<Option<Activation>> = Vec::new();
+    for stage in &ops.arch.stages {
+        match stage {
+            Stage::Dense { .. } => acts.push(None),
+            Stage::Act { activation } => match acts.last_mut() {
+                Some(act @ None) => *act = Some(*activation),
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    if acts.last()?.is_some() {
+        return None;
+    }
+    struct Record<B: Backend> {
+        inputs: Vec<(Tensor<B, 2>, bool)>,
+        pre: Vec<Tensor<B, 2>>,
+    }
+    impl<B: Backend> Tap<B> for Record<B> {
+        fn dense(&mut self, input: &Tensor<B, 2>, z: Tensor<B, 2>, bias: bool) -> Tensor<B, 2> {
+            self.inputs.push((input.clone(), bias));
+            self.pre.push(z.clone());
+            z
+        }
+    }
+    let mut rec = Record {
+        inputs: Vec::new(),
+        pre: Vec::new(),
+    };
+    let net = ops.net();
+    net.forward_with(ops.x.clone().narrow(0, start, b), &mut rec);
+    let c = ops.c;
+    let sel = selection(c, b);
+    let last = acts.len() - 1;
+    let mut deltas = vec![Tensor::<B, 2>::from_data(
+        TensorData::new(sel, [c * b, c]),
+        &ops.device,
+    )];
+    for l in (0..last).rev() {
+        let Layer::Dense(next) = &net.layers[l + 1] else {
+            unreachable!("affine layers only");
+        };
+        let g = deltas[0].clone().matmul(next.weight.val());
+        deltas.insert(
+            0,
+            match acts[l] {
+                None | Some(Activation::Identity) => g,
+                // σ'(z_l) repeated for the c copies: burn-flex multiplies equal shapes in
+                // place, and a broadcast [1, b, d] factor takes its strided path (measured:
+                // twice the GEMMs' time).
+                Some(act) => g * act.slope(rec.pre[l].clone()).repeat_dim(0, c),
+            },
+        );
+    }
+    Some(
+        rec.inputs
+            .into_iter()
+            .zip(deltas)
+            .enumerate()
+            .map(|(l, ((a, bias), delta))| Feature::Affine {
+                a: with_ones(a, bias),
+                delta,
+                units: l == last,
+                symmetric: false,
+            })
+            .collect(),
+    )
+}
+
+/// `a` with a column of ones appended when the layer has a bias.
+fn with_ones<B: Backend>(a: Tensor<B, 2>, bias: bool) -> Tensor<B, 2> {
+    if bias {
+        let ones = Tensor::<B, 2>::ones([a.dims()[0], 1], &a.device());
+        Tensor::cat(vec![a, ones], 1)
+    } else {
+        a
+    }
+}
+
+/// [`chunk_features`] through autodiff: probes on every parametric layer.
+fn autodiff_features<B: Backend>(
     ops: &ProbeOps<B>,
     start: usize,
     b: usize,
@@ -464,13 +572,7 @@ fn chunk_features<B: Backend>(
         feats.push(match rec {
             Record::Dense { input, probe, bias } => {
                 let delta = probe.grad(&grads).expect("probe reached");
-                let a = input.narrow(0, 0, b);
-                let a = if bias {
-                    let ones = Tensor::<B, 2>::ones([b, 1], &ops.device);
-                    Tensor::cat(vec![a, ones], 1)
-                } else {
-                    a
-                };
+                let a = with_ones(input.narrow(0, 0, b), bias);
                 // The output layer's signal is the selection itself (nothing follows it).
                 let units = delta.dims() == [c * b, c] && to_host(delta.clone()) == sel;
                 Feature::Affine {
@@ -510,12 +612,6 @@ fn chunk_features<B: Backend>(
                 Feature::Rows(input.narrow(0, 0, b).repeat_dim(0, c) * delta)
             }
         });
-    }
-    if let Some(l) = symmetric_layer(&ops.arch.stages)
-        && matches!(feats.last(), Some(Feature::Affine { units: true, .. }))
-        && let Some(Feature::Affine { symmetric, .. }) = feats.get_mut(l)
-    {
-        *symmetric = true;
     }
     feats
 }

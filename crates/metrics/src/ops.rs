@@ -520,6 +520,11 @@ impl<B: Backend> ProbeOps<B> {
     }
 
     /// The network with constant parameters on the autodiff backend (for the Gram's probes).
+    /// The network, plain (no autodiff).
+    pub(crate) fn net(&self) -> &Net<B> {
+        &self.net
+    }
+
     pub fn net_frozen(&self) -> &Net<Ad<B>> {
         &self.net_frozen
     }

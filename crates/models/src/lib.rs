@@ -48,6 +48,16 @@ impl Activation {
         }
     }
 
+    /// σ'(z), elementwise. ReLU's σ'(0) is 0, as in its reverse-mode rule.
+    pub fn slope<B: Backend, const D: usize>(self, z: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Identity => z.ones_like(),
+            Activation::Relu => z.greater_elem(0.0).float(),
+            Activation::Tanh => tanh(z).powi_scalar(2).neg().add_scalar(1.0),
+            Activation::Smooth => tanh(z).powi_scalar(2).neg().add_scalar(1.1),
+        }
+    }
+
     /// Forward mode: σ(z) and σ'(z) ⊙ dz for each tangent dz (`None` is a zero tangent),
     /// σ'(z) formed once. ReLU's σ'(0) is 0, as in its reverse-mode rule.
     pub fn apply_jvp<B: Backend, const D: usize>(
