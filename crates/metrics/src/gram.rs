@@ -668,6 +668,7 @@ fn visit_pair<B: Backend>(
             _ => unreachable!("same layers in every chunk"),
         })
         .collect();
+    let shape = PairShape { diag, c, bi, bj };
     let mut products: Vec<Products<'_, B>> = fi
         .iter()
         .zip(fj)
@@ -678,7 +679,7 @@ fn visit_pair<B: Backend>(
         // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
         let o0 = if diag { o } else { 0 };
         for p in &mut products {
-            p.form(o, diag, c, bi, bj);
+            p.form(o, shape);
         }
         // Per output pair (o, o2) and layer: its slice of the product, weighted by its
         // inputs' Gram where affine; or, for the output layer, its inputs' Gram alone on the
@@ -688,7 +689,7 @@ fn visit_pair<B: Backend>(
                 weights
                     .iter()
                     .zip(&products)
-                    .filter_map(|(w, p)| p.term(o, o2, diag, c, bi, bj, w.as_deref()))
+                    .filter_map(|(w, p)| p.term(o, o2, shape, w.as_deref()))
                     .collect()
             })
             .collect();
@@ -704,6 +705,16 @@ fn visit_pair<B: Backend>(
     visitor.end_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
 }
 
+/// A tile pair's shape: whether it is on the diagonal, the outputs, the row and column
+/// tiles' sample counts.
+#[derive(Clone, Copy)]
+struct PairShape {
+    diag: bool,
+    c: usize,
+    bi: usize,
+    bj: usize,
+}
+
 /// One layer's products in a tile pair.
 enum Products<'a, B: Backend> {
     /// The output layer between two chunks whose signals are the selection:
@@ -714,8 +725,8 @@ enum Products<'a, B: Backend> {
     /// its right-hand side once, where c GEMMs would pack it c times (measured: the CNN's
     /// grouped μ over n = 4096 took 1001 s with per-output GEMMs, against 586 s).
     Whole(TensorData),
-    /// Output by output: `outs[slot]` holds output o's rows against the outputs o2 ≥
-    /// [`Products::from`], `[bi, (c − from)·bj]` row-major.
+    /// Output by output: `outs[slot]` holds output o's rows against the outputs o2 ≥ from
+    /// ([`Products::span`]), `[bi, (c − from)·bj]` row-major.
     PerOutput {
         source: Source<'a, B>,
         /// Products symmetric under o ↔ o2 in an off-diagonal pair: every output's product
@@ -784,13 +795,16 @@ impl<'a, B: Backend> Products<'a, B> {
         }
     }
 
-    /// The first output o2 whose products with output o's rows are formed.
-    fn from(mirror: bool, diag: bool, o: usize) -> usize {
-        if diag || mirror { o } else { 0 }
+    /// For output o of a per-output layer: the first output o2 whose products with o's rows
+    /// are formed, and the slot of `outs` that holds them.
+    fn span(mirror: bool, diag: bool, o: usize) -> (usize, usize) {
+        let from = if diag || mirror { o } else { 0 };
+        (from, if mirror { o } else { 0 })
     }
 
     /// Forms output o's products (per-output layers only).
-    fn form(&mut self, o: usize, diag: bool, c: usize, bi: usize, bj: usize) {
+    fn form(&mut self, o: usize, shape: PairShape) {
+        let PairShape { diag, c, bi, bj } = shape;
         let Products::PerOutput {
             source,
             mirror,
@@ -799,9 +813,8 @@ impl<'a, B: Backend> Products<'a, B> {
         else {
             return;
         };
-        let from = Self::from(*mirror, diag, o);
+        let (from, slot) = Self::span(*mirror, diag, o);
         let width = (c - from) * bj;
-        let slot = if *mirror { o } else { 0 };
         match source {
             Source::Device(ri, rj) => {
                 let p = ri
@@ -816,8 +829,8 @@ impl<'a, B: Backend> Products<'a, B> {
                 }
             }
             Source::Host { rows, cols, d } => {
+                // A reused buffer is sized for the widest output, a kept one for its own.
                 if slot == outs.len() {
-                    // Reused: sized for the widest output; kept: for its own.
                     let len = bi * if *mirror { width } else { c * bj };
                     outs.push(match rows.dtype {
                         DType::F64 => TensorData::new(vec![0.0f64; len], [len]),
@@ -837,17 +850,14 @@ impl<'a, B: Backend> Products<'a, B> {
 
     /// The term of block (o, o2) in output o's rows, o2 ≥ o0, or `None` where the layer
     /// contributes nothing.
-    #[allow(clippy::too_many_arguments)]
     fn term<'t>(
         &'t self,
         o: usize,
         o2: usize,
-        diag: bool,
-        c: usize,
-        bi: usize,
-        bj: usize,
+        shape: PairShape,
         weight: Option<&'t [f64]>,
     ) -> Option<Term<'t>> {
+        let PairShape { diag, c, bi, bj } = shape;
         match self {
             Products::Units => (o == o2).then_some(Term {
                 data: None,
@@ -862,10 +872,10 @@ impl<'a, B: Backend> Products<'a, B> {
                 weight,
             }),
             Products::PerOutput { mirror, outs, .. } => {
-                let from = Self::from(*mirror, diag, o);
+                let (from, slot) = Self::span(*mirror, diag, o);
                 Some(if o2 >= from {
                     Term {
-                        data: Some(&outs[if *mirror { o } else { 0 }]),
+                        data: Some(&outs[slot]),
                         offset: (o2 - from) * bj,
                         stride: (c - from) * bj,
                         weight,

@@ -519,12 +519,12 @@ impl<B: Backend> ProbeOps<B> {
         r
     }
 
-    /// The network with constant parameters on the autodiff backend (for the Gram's probes).
     /// The network, plain (no autodiff).
     pub(crate) fn net(&self) -> &Net<B> {
         &self.net
     }
 
+    /// The network with constant parameters on the autodiff backend (for the Gram's probes).
     pub fn net_frozen(&self) -> &Net<Ad<B>> {
         &self.net_frozen
     }

@@ -53,8 +53,8 @@ impl Activation {
         match self {
             Activation::Identity => z.ones_like(),
             Activation::Relu => z.greater_elem(0.0).float(),
-            Activation::Tanh => tanh(z).powi_scalar(2).neg().add_scalar(1.0),
-            Activation::Smooth => tanh(z).powi_scalar(2).neg().add_scalar(1.1),
+            Activation::Tanh => tanh_slope(tanh(z), 0.0),
+            Activation::Smooth => tanh_slope(tanh(z), 0.1),
         }
     }
 
@@ -80,16 +80,21 @@ impl Activation {
             }
             Activation::Tanh => {
                 let t = tanh(z);
-                let slope = t.clone().powi_scalar(2).neg().add_scalar(1.0);
+                let slope = tanh_slope(t.clone(), 0.0);
                 (t, each(&|d| d * slope.clone()))
             }
             Activation::Smooth => {
                 let t = tanh(z.clone());
-                let slope = t.clone().powi_scalar(2).neg().add_scalar(1.1);
+                let slope = tanh_slope(t.clone(), 0.1);
                 (t + z.mul_scalar(0.1), each(&|d| d * slope.clone()))
             }
         }
     }
+}
+
+/// 1 − t² + `linear` from t = tanh(z): the slope of tanh(z) + `linear`·z.
+fn tanh_slope<B: Backend, const D: usize>(t: Tensor<B, D>, linear: f64) -> Tensor<B, D> {
+    t.powi_scalar(2).neg().add_scalar(1.0 + linear)
 }
 
 /// Errors in building a model. One line each, saying what to change.
