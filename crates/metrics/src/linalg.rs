@@ -1,5 +1,5 @@
 //! Dense symmetric eigendecompositions through faer (f64), and products of row sets on
-//! host memory through the `gemm` crate (f32 or f64).
+//! host memory through the `gemm` crate (f32 or f64, `noisegeom_models::host`).
 
 use faer::{Mat, Side};
 
@@ -37,29 +37,15 @@ pub fn sym_eigvals(n: usize, a: impl Fn(usize, usize) -> f64) -> Vec<f64> {
     v
 }
 
-/// The element types of [`row_products`].
-pub trait GemmElem: Copy + Default + Send + Sync + 'static {
-    const ZERO: Self;
-    const ONE: Self;
-}
-impl GemmElem for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-impl GemmElem for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-
-/// Below this many multiply-adds (m·n·k) one thread does the product (burn-flex's threshold).
-const PARALLEL_MIN: usize = 192 * 192 * 192;
+pub use noisegeom_models::host::GemmElem;
+use noisegeom_models::host::{MatRef, Threads, gemm};
 
 /// `out[i·n + j] = Σ_l a[i·k + l]·b[j·k + l]`: the dot products of the m rows of `a` with the
 /// n rows of `b`, both `[·, k]` row-major, written into the caller's `out` (`[m, n]`
-/// row-major, m = a.len()/k, n = b.len()/k), by the GEMM kernels burn-flex calls. Writing
-/// into a reused buffer is the point: burn-flex's matmul zero-fills every fresh output and
-/// then copies it once more to align it, about a fifth of a [512, 512]·[512, 5120] product's
-/// time here.
+/// row-major, m = a.len()/k, n = b.len()/k), by the GEMM kernels burn-flex calls
+/// ([`noisegeom_models::host::gemm`]). Writing into a reused buffer is the point: burn-flex's
+/// matmul zero-fills every fresh output and then copies it once more to align it, about a
+/// fifth of a [512, 512]·[512, 5120] product's time here.
 ///
 /// # Panics
 /// If `k` is zero or a length is not a multiple of it, or `out.len()` is not m·n.
@@ -69,45 +55,13 @@ pub fn row_products<E: GemmElem>(a: &[E], b: &[E], k: usize, out: &mut [E]) {
         "rows of length {k}"
     );
     let (m, n) = (a.len() / k, b.len() / k);
-    assert_eq!(out.len(), m * n, "output [{m}, {n}]");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let par = if m * n * k >= PARALLEL_MIN {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    let isize = |x: usize| isize::try_from(x).expect("row length fits isize");
-    #[allow(unsafe_code)]
-    // SAFETY: `gemm` reads lhs(i, l) at a[i·k + l] (column stride 1, row stride k; i < m,
-    // l < k), rhs(l, j) at b[j·k + l] (column stride k, row stride 1; j < n) and writes
-    // dst(i, j) at out[i·n + j] (i < m, j < n): every index is inside its slice by the
-    // assertions above, `out` is exclusively borrowed so it aliases neither input, and E is
-    // f32 or f64, which `gemm` supports. With read_dst = false, dst is only written.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            isize(n),
-            false,
-            a.as_ptr(),
-            1,
-            isize(k),
-            b.as_ptr(),
-            isize(k),
-            1,
-            E::ZERO,
-            E::ONE,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    gemm(
+        out,
+        MatRef::rows(a, m, k),
+        MatRef::transposed(b, k, n),
+        false,
+        Threads::Auto,
+    );
 }
 
 #[cfg(test)]

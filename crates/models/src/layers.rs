@@ -9,8 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Element, ElementConversion, Tensor, TensorData};
-use rayon::prelude::*;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 /// Geometry of a square 2-D convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,31 +19,38 @@ pub struct ConvGeom {
     pub padding: usize,
 }
 
-/// How a convolution's weight gradient is formed when the weight is tracked by autodiff.
+/// Which implementation the parametric layers use in a training pass (a first-order
+/// backward).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConvWeightGrad {
-    /// The backend's conv backward (a convolution with the output gradient as its kernel).
+pub enum TrainOps {
+    /// burn's own ops: `x.matmul(Wᵀ) + b`, and burn's conv2d, whose weight gradient is a
+    /// convolution with the output gradient as its kernel.
     #[default]
     Backend,
-    /// One batched GEMM over im2col patches built on the host: dW = Σ_i ΔZ_i U_iᵀ. Where the
-    /// layer's input needs no gradient (the first layer) the forward is the same GEMM;
-    /// otherwise the forward and the input gradient stay the backend's, and a term equal to
-    /// zero, M − stop(M) with M = W·U, carries the weight gradient. For CPU backends, where
-    /// the patches need no device round trip: burn-flex forms the weight gradient as a
-    /// convolution with the output gradient as its kernel, mostly strided copies and
-    /// one-column GEMM kernels, about half of the benchmark CNN's training step in `perf`.
-    HostIm2col,
+    /// Host-memory kernels, for CPU backends (no device round trip):
+    /// - on `Autodiff<Flex>`, the trainer's CPU backend, autodiff ops of their own for the
+    ///   affine layer and the convolution ([`crate::flex_ops`]): forward and backward as GEMMs
+    ///   into fresh buffers, the convolution's im2col patches built once in the forward and
+    ///   kept for the backward. burn-flex's conv backward (a transposed convolution for ∂x, a
+    ///   convolution with the output gradient as its kernel for ∂W) took most of the CNN's
+    ///   step;
+    /// - on other host backends (burn-ndarray), the convolution's weight gradient as one
+    ///   batched GEMM over host im2col patches, dW = Σ_i ΔZ_i U_iᵀ. Where the layer's input
+    ///   needs no gradient (the first layer) the forward is the same GEMM; otherwise the
+    ///   forward and the input gradient stay the backend's, and a term equal to zero,
+    ///   M − stop(M) with M = W·U, carries the weight gradient.
+    Host,
 }
 
-impl ConvWeightGrad {
-    /// [`ConvWeightGrad::HostIm2col`] on the CPU backends (burn-flex, burn-ndarray, whose
-    /// tensors live on the host), [`ConvWeightGrad::Backend`] elsewhere (a GPU would pay a
+impl TrainOps {
+    /// [`TrainOps::Host`] on the CPU backends (burn-flex, burn-ndarray, whose
+    /// tensors live on the host), [`TrainOps::Backend`] elsewhere (a GPU would pay a
     /// device round trip for the patches).
     pub fn for_device<B: Backend>(device: &B::Device) -> Self {
         if on_host::<B>(device) {
-            ConvWeightGrad::HostIm2col
+            TrainOps::Host
         } else {
-            ConvWeightGrad::Backend
+            TrainOps::Backend
         }
     }
 }
@@ -86,15 +92,15 @@ pub trait Tap<B: Backend> {
         let _ = input;
         z
     }
-    /// How convolutions form their weight gradient in this pass.
-    fn conv_weight_grad(&self) -> ConvWeightGrad {
-        ConvWeightGrad::Backend
+    /// Which implementation the layers use in this pass.
+    fn train_ops(&self) -> TrainOps {
+        TrainOps::Backend
     }
 }
 
-/// A training pass: changes nothing but how convolutions form their weight gradient.
-impl<B: Backend> Tap<B> for ConvWeightGrad {
-    fn conv_weight_grad(&self) -> ConvWeightGrad {
+/// A training pass: changes nothing but which implementation the layers use.
+impl<B: Backend> Tap<B> for TrainOps {
+    fn train_ops(&self) -> TrainOps {
         *self
     }
 }
@@ -118,10 +124,15 @@ impl<B: Backend> Dense<B> {
 
     /// `[n, in] → [n, out]`.
     pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
-        let z = self.linear(x.clone());
-        let z = match &self.bias {
-            Some(b) => z + b.val().unsqueeze::<2>(),
-            None => z,
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let z = if tap.train_ops() == TrainOps::Host && crate::flex_ops::is_autodiff_flex::<B>() {
+            crate::flex_ops::affine(x.clone(), self.weight.val(), bias)
+        } else {
+            let z = self.linear(x.clone());
+            match bias {
+                Some(b) => z + b.unsqueeze::<2>(),
+                None => z,
+            }
         };
         tap.dense(&x, z, self.bias.is_some())
     }
@@ -168,7 +179,7 @@ impl<B: Backend> Conv<B> {
     }
 
     /// [`Self::forward`], told whether `x` is the network's input (a constant, whose
-    /// gradient is never formed): [`ConvWeightGrad::HostIm2col`] then forms the output by the
+    /// gradient is never formed): [`TrainOps::Host`] then forms the output by the
     /// GEMM too.
     pub fn forward_at<T: Tap<B>>(
         &self,
@@ -176,8 +187,14 @@ impl<B: Backend> Conv<B> {
         tap: &mut T,
         x_is_input: bool,
     ) -> Tensor<B, 4> {
-        let z = match tap.conv_weight_grad() {
-            ConvWeightGrad::HostIm2col if self.weight.val().is_require_grad() => {
+        let z = match tap.train_ops() {
+            TrainOps::Host if crate::flex_ops::is_autodiff_flex::<B>() => crate::flex_ops::conv2d(
+                x.clone(),
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+                self.geom(),
+            ),
+            TrainOps::Host if self.weight.val().is_require_grad() => {
                 self.conv_gemm_weight_grad(x.clone(), x_is_input)
             }
             _ => self.conv(x.clone(), true),
@@ -186,7 +203,7 @@ impl<B: Backend> Conv<B> {
     }
 
     /// `conv2d(x, W) + b` with the weight gradient from a GEMM over host im2col patches
-    /// ([`ConvWeightGrad::HostIm2col`]).
+    /// ([`TrainOps::Host`]).
     fn conv_gemm_weight_grad(&self, x: Tensor<B, 4>, x_is_input: bool) -> Tensor<B, 4> {
         let g = self.geom();
         let w = self.weight.val();
@@ -241,40 +258,6 @@ impl ConvGeom {
 /// `(ci·k + ky)·k + kx`, matching a `[out, in, k, k]` weight flattened, and a last row of
 /// ones when `ones` is set), built on the host, samples in parallel.
 pub fn im2col<B: Backend>(x: Tensor<B, 4>, g: ConvGeom, ones: bool) -> Tensor<B, 3> {
-    fn build<E: Element>(x: &[E], [n, c, h, w]: [usize; 4], g: ConvGeom, ones: bool) -> Vec<E> {
-        let (k, s, pad) = (g.kernel, g.stride, g.padding);
-        let (ho, wo) = (g.out_len(h), g.out_len(w));
-        let rows = c * k * k + usize::from(ones);
-        let per = rows * ho * wo;
-        let zero: E = 0.0.elem();
-        let mut u = vec![zero; n * per];
-        u.par_chunks_mut(per.max(1))
-            .zip(x.par_chunks(c * h * w))
-            .for_each(|(u, x)| {
-                for (r, row) in u.chunks_exact_mut(ho * wo).enumerate() {
-                    if r == c * k * k {
-                        row.fill(1.0.elem());
-                        continue;
-                    }
-                    let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
-                    let plane = &x[ci * h * w..(ci + 1) * h * w];
-                    for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
-                        let Some(iy) = (oy * s + ky).checked_sub(pad).filter(|&iy| iy < h) else {
-                            continue;
-                        };
-                        let line = &plane[iy * w..(iy + 1) * w];
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            if let Some(&v) =
-                                (ox * s + kx).checked_sub(pad).and_then(|ix| line.get(ix))
-                            {
-                                *o = v;
-                            }
-                        }
-                    }
-                }
-            });
-        u
-    }
     let dims = x.dims();
     let device = x.device();
     let (ho, wo) = (g.out_len(dims[2]), g.out_len(dims[3]));
@@ -283,7 +266,7 @@ pub fn im2col<B: Backend>(x: Tensor<B, 4>, g: ConvGeom, ones: bool) -> Tensor<B,
     let values = data
         .as_slice::<B::FloatElem>()
         .expect("a float tensor holds the backend's float type");
-    let u = build(values, dims, g, ones);
+    let u = crate::conv_host::patches(values, dims, g, ones, [0.0.elem(), 1.0.elem()]);
     let shape = [
         dims[0],
         dims[1] * g.kernel * g.kernel + usize::from(ones),

@@ -8,14 +8,17 @@
 //! [`ParamSource`] (a seeded initialiser, or a flat vector θ).
 
 mod config;
+pub mod conv_host;
 mod device_set;
+pub mod flex_ops;
+pub mod host;
 pub mod layers;
 mod net;
 pub mod params;
 
 pub use config::{Head, ModelConfig};
 pub use device_set::{DeviceSet, mse};
-pub use layers::{ConvGeom, ConvWeightGrad, Layer, NoTap, Tap, on_host};
+pub use layers::{ConvGeom, Layer, NoTap, Tap, TrainOps, on_host};
 pub use net::{Arch, Net, Stage};
 pub use params::{
     FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, in_blocks,

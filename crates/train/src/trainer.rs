@@ -8,7 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use noisegeom_data::{Prepared, Sampler};
-use noisegeom_models::{ConvWeightGrad, DeviceSet, FlatSource, Net, RandomInit, flatten, mse};
+use noisegeom_models::{DeviceSet, FlatSource, Net, RandomInit, TrainOps, flatten, mse};
 use serde::Serialize;
 use serde_json::json;
 
@@ -294,7 +294,7 @@ pub fn train<B: AutodiffBackend>(
         run_probe(p, &model.valid(), 0, t.lr.lr(0), &mut log, observer)?;
     }
 
-    let mut conv_weight_grad = ConvWeightGrad::for_device::<B>(device);
+    let mut train_ops = TrainOps::for_device::<B>(device);
     let (mut train_s, mut eval_s, mut ckpt_s) = (0.0, 0.0, 0.0);
     let mut window = (0.0f64, 0u64);
     let mut final_eval = None;
@@ -311,7 +311,7 @@ pub fn train<B: AutodiffBackend>(
         let mut grads: Vec<Option<Tensor<B::InnerBackend, 1>>> = Vec::new();
         for part in batch.chunks(micro) {
             let (x, y) = train_set.rows(part);
-            let out = model.forward_with(Tensor::from_inner(x), &mut conv_weight_grad);
+            let out = model.forward_with(Tensor::from_inner(x), &mut train_ops);
             let mut loss = match t.loss {
                 LossKind::Mse => mse(out, Tensor::from_inner(y)),
                 LossKind::CrossEntropy => cross_entropy(out, Tensor::from_inner(y)),

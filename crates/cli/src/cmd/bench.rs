@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use noisegeom_models::{Activation, ConvWeightGrad, ModelConfig, Net, RandomInit, mse};
+use noisegeom_models::{Activation, ModelConfig, Net, RandomInit, TrainOps, mse};
 use noisegeom_train::{Sgd, SgdConfig};
 use serde::Serialize;
 
@@ -201,10 +201,10 @@ impl BenchJob {
             });
             let mut sink = 0.0;
             // As the trainer does.
-            let mut conv_weight_grad = ConvWeightGrad::for_device::<B>(&device);
+            let mut train_ops = TrainOps::for_device::<B>(&device);
             let (warm, times) = time_it(self.repeats, || {
                 let m = model.take().expect("model");
-                let loss = mse(m.forward_with(x.clone(), &mut conv_weight_grad), y.clone());
+                let loss = mse(m.forward_with(x.clone(), &mut train_ops), y.clone());
                 // As the trainer does: read the step's loss back (this waits for the device,
                 // and for the previous step's update, which the forward depends on).
                 sink += loss.clone().into_scalar().elem::<f64>();

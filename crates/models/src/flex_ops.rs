@@ -1,0 +1,286 @@
+//! Autodiff ops of their own for the trainer's CPU backend, `Autodiff<Flex>`: an affine
+//! layer and a convolution whose forward and backward run on host memory through
+//! [`host::gemm`](crate::host::gemm) ([`crate::conv_host`] for the convolution).
+//!
+//! Through burn's generic ops the affine layer is a matmul, a transpose and a broadcast bias
+//! add, and each matmul output is zero-filled and copied once more by burn-flex; its
+//! backward reduces the broadcast for ∂b. Here the forward is one GEMM into a buffer
+//! holding the bias, and the backward writes ∂x, ∂Wᵀ and ∂b directly. ∂W is handed back as
+//! the transpose of a contiguous `[in, out]` matrix: the layout the SGD update and the next
+//! forward read without a copy.
+//!
+//! Models stay generic over the backend: [`is_autodiff_flex`] picks these ops at run time
+//! (a `TypeId` comparison), and the tensors are moved, not copied, between the generic type
+//! and `Autodiff<Flex>`'s own. Both ops are first order: under a second autodiff decorator
+//! (Hessian products) the generic ops run.
+
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::{Backend, BackendTypes};
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
+
+use crate::conv_host::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
+use crate::host::{MatRef, Threads, gemm};
+use crate::layers::ConvGeom;
+
+/// burn-flex under one autodiff decorator, the backend the trainer runs on the CPU.
+type AdFlex = Autodiff<Flex>;
+type AdTensor = <AdFlex as BackendTypes>::FloatTensorPrimitive;
+
+/// Whether `B` is `Autodiff<Flex>`, where this module's ops run.
+pub fn is_autodiff_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<AdFlex>()
+}
+
+/// `t` as `U`, which the caller has checked is its own type.
+fn same<T: 'static, U: 'static>(t: T) -> U {
+    *(Box::new(t) as Box<dyn Any>)
+        .downcast::<U>()
+        .unwrap_or_else(|_| unreachable!("the caller checked that the types are the same"))
+}
+
+/// `t`'s autodiff tensor on `Autodiff<Flex>` (`B` must be that backend).
+fn ad<B: Backend, const D: usize>(t: Tensor<B, D>) -> AdTensor {
+    same(t.into_primitive().tensor())
+}
+
+/// The inverse of [`ad`].
+fn generic<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(same(t)))
+}
+
+fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
+
+/// The values of `t` in row-major order, without a copy when it is contiguous.
+fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("a float tensor of burn-flex holds f32")
+                .to_vec(),
+        ),
+    }
+}
+
+/// Calls `f` with the 2-D tensor `t` as a matrix view, in place when its strides are
+/// non-negative (contiguous, or a transpose), else on a contiguous copy.
+fn with_mat<R>(t: &FlexTensor, f: impl FnOnce(MatRef<f32>) -> R) -> R {
+    let l = t.layout();
+    let (dims, strides) = (l.shape().dims::<2>(), l.strides());
+    match (usize::try_from(strides[0]), usize::try_from(strides[1])) {
+        (Ok(rs), Ok(cs)) => {
+            let data = &t.storage::<f32>()[l.start_offset()..];
+            f(MatRef::new(data, dims[0], dims[1], rs, cs))
+        }
+        _ => f(MatRef::rows(&values(t), dims[0], dims[1])),
+    }
+}
+
+/// `rows` copies of `b` (`[rows, b.len()]`), the buffer a GEMM then accumulates into.
+fn bias_rows(b: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * b.len());
+    for _ in 0..rows {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+#[derive(Debug)]
+struct DenseBackward;
+
+#[derive(Clone, Debug)]
+struct DenseState {
+    /// `[n, in]`.
+    x: FlexTensor,
+    /// `[out, in]`.
+    weight: FlexTensor,
+}
+
+impl Backward<Flex, 3> for DenseBackward {
+    type State = DenseState;
+
+    fn backward(self, ops: Ops<DenseState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, w_node, b_node] = ops.parents;
+        let DenseState { x, weight } = ops.state;
+        let [n, d_in] = x.layout().shape().dims::<2>();
+        let d_out = weight.layout().shape().dims::<2>()[0];
+        let dz = grads.consume::<Flex>(&ops.node);
+        let dz = values(&dz);
+        let dz_rows = MatRef::rows(&dz, n, d_out);
+        if let Some(node) = x_node {
+            // ∂x = ΔZ·W.
+            let mut dx = vec![0.0; n * d_in];
+            with_mat(&weight, |w| gemm(&mut dx, dz_rows, w, false, Threads::Auto));
+            grads.register::<Flex>(node.id, flex(dx, [n, d_in]));
+        }
+        if let Some(node) = w_node {
+            // ∂Wᵀ = xᵀ·ΔZ, contiguous `[in, out]`; ∂W is its transpose, a view.
+            let mut dwt = vec![0.0; d_in * d_out];
+            with_mat(&x, |x| gemm(&mut dwt, x.t(), dz_rows, false, Threads::Auto));
+            let dw = Flex::float_swap_dims(flex(dwt, [d_in, d_out]), 0, 1);
+            grads.register::<Flex>(node.id, dw);
+        }
+        if let Some(node) = b_node {
+            let mut db = vec![0.0f32; d_out];
+            for row in dz.chunks_exact(d_out) {
+                db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+            grads.register::<Flex>(node.id, flex(db, [d_out]));
+        }
+    }
+}
+
+/// `x·Wᵀ + b` on `Autodiff<Flex>` ([`is_autodiff_flex`] must hold; a missing bias is a
+/// constant zero): `x: [n, in]`, `w: [out, in]`, `b: [out]`.
+///
+/// # Panics
+/// If `B` is not `Autodiff<Flex>`.
+pub fn affine<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    check::<B>();
+    let [n, _] = x.dims();
+    let [d_out, _] = w.dims();
+    let b = b.unwrap_or_else(|| Tensor::zeros([d_out], &w.device()));
+    let (x, w, b) = (ad(x), ad(w), ad(b));
+    let mut z = bias_rows(&values(&b.primitive), n);
+    with_mat(&x.primitive, |xm| {
+        with_mat(&w.primitive, |wm| {
+            gemm(&mut z, xm, wm.t(), true, Threads::Auto)
+        })
+    });
+    let z = flex(z, [n, d_out]);
+    let out = match DenseBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            DenseState {
+                x: x.primitive,
+                weight: w.primitive,
+            },
+            z,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(z),
+    };
+    generic(out)
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+#[derive(Clone, Debug)]
+struct ConvState {
+    /// `[n, c_in·k², h'·w']`.
+    patches: Arc<Vec<f32>>,
+    /// `[c_out, c_in, k, k]`.
+    weight: FlexTensor,
+    shape: ConvShape,
+}
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x, w, b] = ops.parents;
+        let ConvState {
+            patches,
+            weight,
+            shape: s,
+        } = ops.state;
+        let dz = grads.consume::<Flex>(&ops.node);
+        let dz = values(&dz);
+        if let Some(x) = x {
+            let dx = conv_input_grad(&dz, &values(&weight), s);
+            grads.register::<Flex>(x.id, flex(dx, [s.n, s.c_in, s.h, s.w]));
+        }
+        if w.is_some() || b.is_some() {
+            let (dw, db) = conv_param_grads(&dz, &patches, s);
+            let k = s.geom.kernel;
+            if let Some(w) = w {
+                grads.register::<Flex>(w.id, flex(dw, [s.c_out, s.c_in, k, k]));
+            }
+            if let Some(b) = b {
+                grads.register::<Flex>(b.id, flex(db, [s.c_out]));
+            }
+        }
+    }
+}
+
+/// `conv2d(x, w) + b` on `Autodiff<Flex>` by [`crate::conv_host`]'s kernels
+/// ([`is_autodiff_flex`] must hold; a missing bias is a constant zero).
+/// `x: [n, c_in, h, w]`, `w: [c_out, c_in, k, k]`.
+///
+/// # Panics
+/// If `B` is not `Autodiff<Flex>`.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+    b: Option<Tensor<B, 1>>,
+    geom: ConvGeom,
+) -> Tensor<B, 4> {
+    check::<B>();
+    let [n, c_in, h, wd] = x.dims();
+    let [c_out, ..] = w.dims();
+    let b = b.unwrap_or_else(|| Tensor::zeros([c_out], &w.device()));
+    let s = ConvShape {
+        n,
+        c_in,
+        h,
+        w: wd,
+        c_out,
+        geom,
+    };
+    let (x, w, b) = (ad(x), ad(w), ad(b));
+    let run = |keep: bool| {
+        conv_forward(
+            &values(&x.primitive),
+            &values(&w.primitive),
+            Some(&values(&b.primitive)),
+            s,
+            keep,
+        )
+    };
+    let out_shape = [n, c_out, geom.out_len(h), geom.out_len(wd)];
+    let out = match ConvBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (z, u) = run(true);
+            let state = ConvState {
+                patches: Arc::new(u.expect("the patches are kept when asked")),
+                weight: w.primitive.clone(),
+                shape: s,
+            };
+            prep.finish(state, flex(z, out_shape))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(flex(run(false).0, out_shape)),
+    };
+    generic(out)
+}
+
+fn check<B: Backend>() {
+    assert!(
+        is_autodiff_flex::<B>(),
+        "flex_ops run on Autodiff<Flex>, not {}",
+        core::any::type_name::<B>()
+    );
+}
