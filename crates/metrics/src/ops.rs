@@ -9,7 +9,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use noisegeom_models::{Arch, FlatSource, Net};
+use noisegeom_models::{Arch, FlatSource, Net, TrainOps};
 
 use crate::GeometryError;
 use crate::nested::{
@@ -309,9 +309,10 @@ impl<B: Backend> ProbeOps<B> {
                 self.c,
                 &self.device,
             );
-            let out = self
-                .net_ad
-                .forward(Tensor::from_inner(self.x.clone().narrow(0, s, len)));
+            let out = self.net_ad.forward_with(
+                Tensor::from_inner(self.x.clone().narrow(0, s, len)),
+                &mut TrainOps::flex_ops::<Ad<B>>(),
+            );
             let grads = (out * wc).sum().backward();
             add_grad_to_host(&mut acc, &self.net_ad, &grads);
         }

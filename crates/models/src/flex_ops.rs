@@ -187,8 +187,9 @@ struct ConvBackward;
 
 #[derive(Clone, Debug)]
 struct ConvState {
-    /// `[n, c_in·k², h'·w']`.
-    patches: Arc<Vec<f32>>,
+    /// `[n, c_in·k², h'·w']`, kept when the weight or the bias is tracked (their
+    /// gradients read them; the input's does not).
+    patches: Option<Arc<Vec<f32>>>,
     /// `[c_out, c_in, k, k]`.
     weight: FlexTensor,
     shape: ConvShape,
@@ -211,6 +212,7 @@ impl Backward<Flex, 3> for ConvBackward {
             grads.register::<Flex>(x.id, flex(dx, [s.n, s.c_in, s.h, s.w]));
         }
         if w.is_some() || b.is_some() {
+            let patches = patches.expect("kept for a tracked weight or bias");
             let (dw, db) = conv_param_grads(&dz, &patches, s);
             let k = s.geom.kernel;
             if let Some(w) = w {
@@ -264,9 +266,11 @@ pub fn conv2d<B: Backend>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (z, u) = run(true);
+            // A JVP's tangent layer holds a constant dθ: only ∂x is formed, from W alone.
+            let params = !(w.node.requirement.is_none() && b.node.requirement.is_none());
+            let (z, u) = run(params);
             let state = ConvState {
-                patches: Arc::new(u.expect("the patches are kept when asked")),
+                patches: params.then(|| Arc::new(u.expect("the patches are kept when asked"))),
                 weight: w.primitive.clone(),
                 shape: s,
             };

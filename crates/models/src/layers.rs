@@ -53,6 +53,18 @@ impl TrainOps {
             TrainOps::Backend
         }
     }
+
+    /// [`TrainOps::Host`] on `Autodiff<Flex>`, whose host ops ([`crate::flex_ops`]) the
+    /// layers then use; [`TrainOps::Backend`] on every other backend. For the first-order
+    /// passes outside training (the metrics' VJP, and the JVP that Hv differentiates once),
+    /// which keep the other backends' paths as they are.
+    pub fn flex_ops<B: Backend>() -> Self {
+        if crate::flex_ops::is_autodiff_flex::<B>() {
+            TrainOps::Host
+        } else {
+            TrainOps::Backend
+        }
+    }
 }
 
 /// Whether `B`'s tensors live in host memory (burn-flex, burn-ndarray, under any number of
@@ -122,6 +134,15 @@ impl<B: Backend> Dense<B> {
         x.matmul(self.weight.val().transpose())
     }
 
+    /// [`Self::linear`] on the host op under [`TrainOps::Host`] on `Autodiff<Flex>`.
+    pub fn linear_with(&self, x: Tensor<B, 2>, ops: TrainOps) -> Tensor<B, 2> {
+        if ops == TrainOps::Host && crate::flex_ops::is_autodiff_flex::<B>() {
+            crate::flex_ops::affine(x, self.weight.val(), None)
+        } else {
+            self.linear(x)
+        }
+    }
+
     /// `[n, in] → [n, out]`.
     pub fn forward<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
         let bias = self.bias.as_ref().map(|b| b.val());
@@ -171,6 +192,15 @@ impl<B: Backend> Conv<B> {
     /// `conv2d(x, W)`, the linear part (no bias).
     pub fn linear(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.conv(x, false)
+    }
+
+    /// [`Self::linear`] on the host op under [`TrainOps::Host`] on `Autodiff<Flex>`.
+    pub fn linear_with(&self, x: Tensor<B, 4>, ops: TrainOps) -> Tensor<B, 4> {
+        if ops == TrainOps::Host && crate::flex_ops::is_autodiff_flex::<B>() {
+            crate::flex_ops::conv2d(x, self.weight.val(), None, self.geom())
+        } else {
+            self.linear(x)
+        }
     }
 
     /// `[n, c_in, h, w] → [n, c_out, h', w']`.
@@ -285,6 +315,11 @@ impl<B: Backend> Hadamard<B> {
     /// `x ⊙ w`.
     pub fn linear(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         x * self.weight.val().unsqueeze::<2>()
+    }
+
+    /// [`Self::linear`] (no host op).
+    pub fn linear_with(&self, x: Tensor<B, 2>, _ops: TrainOps) -> Tensor<B, 2> {
+        self.linear(x)
     }
 
     /// `[n, d] → [n, d]`.

@@ -3,7 +3,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap};
+use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap, TrainOps};
 use crate::params::{ParamInit, ParamSource, Role};
 use crate::{Activation, ModelError};
 
@@ -366,6 +366,9 @@ impl<B: Backend> Net<B> {
         };
         let mut li = 0;
         let mut saved = Vec::new();
+        // On `Autodiff<Flex>` the parametric layers run on the host ops, whose backward a
+        // later `backward()` (the metrics' Hv) goes through.
+        let ops = TrainOps::flex_ops::<B>();
         // The tangents' counterpart of parametric layer `li`.
         let tangent_layer = |k: usize, li: usize| &tangents[k].layers[li];
         // Every parametric layer is bilinear in (input, parameters): z = l(a) and
@@ -378,14 +381,14 @@ impl<B: Backend> Net<B> {
                 let dz = tangent_outputs(
                     &$a,
                     $da,
-                    |d| l.linear(d),
+                    |d| l.linear_with(d, ops),
                     |k, a| match tangent_layer(k, li) {
-                        Layer::$layer(t) => t.forward(a, &mut NoTap),
+                        Layer::$layer(t) => t.forward(a, &mut { ops }),
                         _ => unreachable!("same architecture"),
                     },
                 );
                 li += 1;
-                Dual::$dual(l.forward($a, &mut NoTap), dz)
+                Dual::$dual(l.forward($a, &mut { ops }), dz)
             }};
         }
         for stage in &self.arch.stages {

@@ -109,6 +109,14 @@ fn grad_with<B: burn::tensor::backend::AutodiffBackend, T: Tap<B>>(
         .powf_scalar(2.0)
         .sum()
         .mul_scalar(0.5);
+    param_grads(net, loss)
+}
+
+/// The gradient of `loss` with respect to `net`'s parameters, flat in visiting order.
+fn param_grads<B: burn::tensor::backend::AutodiffBackend>(
+    net: &Net<B>,
+    loss: Tensor<B, 1>,
+) -> Vec<f64> {
     let grads = loss.backward();
     let mut out = Vec::new();
     struct G<'g, B: burn::tensor::backend::AutodiffBackend>(&'g B::Gradients, &'g mut Vec<f64>);
@@ -670,7 +678,7 @@ fn the_flex_ops_match_the_f64_reference() {
         let net32 =
             Net::<AdF>::build(arch.clone(), &mut RandomInit::new(&fdev, cfg.init(), 3)).unwrap();
         let theta = flatten(&net32);
-        let net64 = Net::<Ad>::build(arch, &mut FlatSource::new(&dev(), &theta)).unwrap();
+        let net64 = Net::<Ad>::build(arch.clone(), &mut FlatSource::new(&dev(), &theta)).unwrap();
         let d: usize = shape.iter().product();
         // Inputs in sevenths, rounded to f32 for both.
         let x64 = inputs::<Ad>(5, d, &dev());
@@ -690,6 +698,15 @@ fn the_flex_ops_match_the_f64_reference() {
             .into_data()
             .iter::<f64>()
             .collect();
+        // Forward mode and reverse over it (the metrics' Jv and Hv route): on
+        // `Autodiff<Flex>` the JVP's parametric layers run on the host ops.
+        let v: Vec<f64> = (0..theta.len())
+            .map(|k| ((k * 29 % 19) as f64 - 9.0) / 8.0)
+            .collect();
+        let t32 = Net::<AdF>::build(arch.clone(), &mut FlatSource::frozen(&fdev, &v)).unwrap();
+        let t64 = Net::<Ad>::build(arch, &mut FlatSource::frozen(&dev(), &v)).unwrap();
+        let (jv_want, rof_want) = jvp_and_reverse(&net64, x64.clone(), &t64);
+        let (jv_got, rof_got) = jvp_and_reverse(&net32, x32.clone(), &t32);
         let want = grad_of(&net64, x64);
         let got = grad_with(&net32, x32, &mut TrainOps::Host);
         assert!(rel(&out_got, &out_want) < 1e-6, "{cfg:?}: outputs");
@@ -699,9 +716,29 @@ fn the_flex_ops_match_the_f64_reference() {
             "{cfg:?}: gradient rel. error {:e}",
             rel(&got, &want)
         );
+        assert!(rel(&jv_got, &jv_want) < 1e-5, "{cfg:?}: J·v");
+        assert_eq!(rof_got.len(), rof_want.len());
+        assert!(
+            rel(&rof_got, &rof_want) < 1e-5,
+            "{cfg:?}: ∇(f·Jv) rel. error {:e}",
+            rel(&rof_got, &rof_want)
+        );
         checked += 1;
     }
     assert_eq!(checked, zoo().len());
+}
+
+/// J·v along the direction held by `tangent`, and the gradient of Σ f ⊙ J·v with respect to
+/// `net`'s parameters (reverse over forward, as the metrics' Hv takes it).
+fn jvp_and_reverse<B: burn::tensor::backend::AutodiffBackend>(
+    net: &Net<B>,
+    x: Tensor<B, 2>,
+    tangent: &Net<B>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (f, jv) = net.jvp(x, tangent);
+    let jv = jv.expect("a nonzero direction moves every zoo model's outputs");
+    let jv_host = jv.to_data().iter::<f64>().collect();
+    (jv_host, param_grads(net, (f * jv).sum()))
 }
 
 /// The host convolution's parameter gradients over more samples than one partial sum holds
