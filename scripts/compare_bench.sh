@@ -51,6 +51,13 @@ for w, t in ours.items():
     rows.append("| %s | %.4f | %.4f | %.2f | %s | %s | %s / %s |" % (
         w, t["median_s"], p["median_s"], ratio, target, {True: "yes", False: "**no**", "": ""}[met], mem(t), mem(p)))
 text = "\n".join(rows) + "\n\nPyTorch: %s\n" % json.dumps(doc["env"])
+mu, mm = ours.get("mu-fnn"), ours.get("sgemm")
+if mu and mm and mu["unit"].startswith("GFLOP/s"):
+    gflop = mu["throughput"] * mu["median_s"]
+    text += ("\nmu-fnn: %.0f GFLOP in its Gram products, %.0f GFLOP/s over the workload's median "
+             "time; at sgemm's rate (%.0f ours, %.0f PyTorch's) the products alone take %.2f s, %.2f s\n"
+             % (gflop, mu["throughput"], mm["throughput"], theirs.get("sgemm", mm)["throughput"],
+                gflop / mm["throughput"], gflop / theirs.get("sgemm", mm)["throughput"]))
 open(sys.argv[3], "w").write(text)
 print(text)
 PY

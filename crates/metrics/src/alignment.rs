@@ -7,7 +7,7 @@ use std::ops::Range;
 
 #[cfg(doc)]
 use crate::gram::TILE;
-use crate::gram::{FeatureBudget, Gram, OutputRows, PairVisitor, for_each_tile_pair};
+use crate::gram::{FeatureBudget, Gram, OutputRows, PairVisitor, TileWork, for_each_tile_pair};
 use crate::lanczos::{LanczosResult, lanczos};
 use crate::linalg::sym_eig;
 use crate::ops::QuadForms;
@@ -77,6 +77,17 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
     tile: usize,
     budget: FeatureBudget,
 ) -> Result<LossAlignment, GeometryError> {
+    exact_alignment_streamed_work(ops, chunk, tile, budget).map(|(la, _)| la)
+}
+
+/// [`exact_alignment_streamed`], with the work its pass over K did (the benchmark reports
+/// the products' rate from it).
+pub fn exact_alignment_streamed_work<B: burn::tensor::backend::Backend>(
+    ops: &ProbeOps<B>,
+    chunk: usize,
+    tile: usize,
+    budget: FeatureBudget,
+) -> Result<(LossAlignment, TileWork), GeometryError> {
     let (n, c) = (ops.n, ops.c);
     let e = ops.residuals();
     let mut acc = StreamedTraces {
@@ -90,23 +101,20 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
         upper: Vec::new(),
         lower: Vec::new(),
     };
-    let groups = for_each_tile_pair(ops, chunk, tile, budget, &mut acc)?;
+    let work = for_each_tile_pair(ops, chunk, tile, budget, &mut acc)?;
     let sums = KSums {
         trace: acc.trace,
         fro2: acc.fro2,
         q2: acc.q2,
         ke2: acc.ke.iter().map(|v| v * v).sum(),
     };
-    Ok(sums.alignment(
-        n,
-        c,
-        e,
-        &if groups > 1 {
-            format!("exact (Gram, streamed; features recomputed in {groups} groups)")
-        } else {
-            "exact (Gram, streamed)".to_string()
-        },
-    ))
+    let groups = work.groups;
+    let method = if groups > 1 {
+        format!("exact (Gram, streamed; features recomputed in {groups} groups)")
+    } else {
+        "exact (Gram, streamed)".to_string()
+    };
+    Ok((sums.alignment(n, c, e, &method), work))
 }
 
 /// The sums behind [`exact_alignment`], over K's tile pairs: Tr K, ||K||_F², Σ q² and Ke,

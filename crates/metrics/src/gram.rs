@@ -326,20 +326,32 @@ struct Tile<B: Backend> {
     feats: Vec<Feature<B>>,
 }
 
+/// What one pass over K's tile pairs ([`for_each_tile_pair`]) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TileWork {
+    /// Feature groups: 1 when every sample's features were computed once, more when groups
+    /// were recomputed to fit the budget.
+    pub groups: usize,
+    /// The floating-point operations (two per multiply-add) of the products formed over all
+    /// tile pairs: each layer's products of backprop signals or gradient rows, and each
+    /// affine layer's sample Gram of its inputs. The features' forward and backward passes
+    /// and the visitor's work are not counted.
+    pub product_flops: f64,
+}
+
 /// Visits every tile pair (rows ≤ cols) of K over the probe set of `ops` once, in a fixed
 /// order, without storing K. Features are computed `chunk` samples at a time. When the
 /// features of all n samples fit `budget`, they are computed once; otherwise, if
 /// `budget.recompute`, the samples are split into groups of which two fit with room for
 /// the one being built, each group is kept while the later groups are recomputed and
-/// streamed past it; else this fails with a clear message. Returns the number of groups (1
-/// when nothing was recomputed).
+/// streamed past it; else this fails with a clear message.
 pub fn for_each_tile_pair<B: Backend>(
     ops: &ProbeOps<B>,
     chunk: usize,
     tile: usize,
     budget: FeatureBudget,
     visitor: &mut impl PairVisitor,
-) -> Result<usize, GeometryError> {
+) -> Result<TileWork, GeometryError> {
     let (n, c) = (ops.n, ops.c);
     let late_copies = late_copies(ops);
     let per_sample = feature_bytes_per_sample(ops);
@@ -381,7 +393,8 @@ pub fn for_each_tile_pair<B: Backend>(
         tiles
     };
     let host = ops.host_products;
-    let mut pair = |a: &Tile<B>, b: &Tile<B>| visit_pair(a, b, c, host, visitor);
+    let mut product_flops = 0.0;
+    let mut pair = |a: &Tile<B>, b: &Tile<B>| product_flops += visit_pair(a, b, c, host, visitor);
     for g0 in (0..n).step_by(group) {
         let resident = tiles_of(g0..(g0 + group).min(n));
         for (ti, a) in resident.iter().enumerate() {
@@ -398,7 +411,10 @@ pub fn for_each_tile_pair<B: Backend>(
             }
         }
     }
-    Ok(n.div_ceil(group))
+    Ok(TileWork {
+        groups: n.div_ceil(group),
+        product_flops,
+    })
 }
 
 /// The bytes of per-sample features the Gram stores for one probe sample (all c outputs),
@@ -645,16 +661,18 @@ fn symmetric_layer(stages: &[Stage]) -> Option<usize> {
 /// Gram, is formed row by row by the visitor ([`OutputRows::row_into`]). In a diagonal pair
 /// only the output pairs o ≤ o2 are formed, and so they are, off the diagonal, for a layer
 /// whose products are symmetric under o ↔ o2 (see [`Feature::Affine`]). With `host`, the
-/// affine layers' products are formed on host memory ([`row_products`]).
+/// affine layers' products are formed on host memory ([`row_products`]). Returns the
+/// products' floating-point operations ([`TileWork::product_flops`]).
 fn visit_pair<B: Backend>(
     a: &Tile<B>,
     b: &Tile<B>,
     c: usize,
     host: bool,
     visitor: &mut impl PairVisitor,
-) {
+) -> f64 {
     let (fi, fj, bi, bj) = (&a.feats, &b.feats, a.len, b.len);
     let diag = a.start == b.start;
+    let mut flops = 0.0;
     // Per affine layer: its inputs' sample Gram, the weight of its products (shared by all
     // output pairs).
     let weights: Vec<Option<Vec<f64>>> = fi
@@ -662,6 +680,7 @@ fn visit_pair<B: Backend>(
         .zip(fj)
         .map(|(a, b)| match (a, b) {
             (Feature::Affine { a: ai, .. }, Feature::Affine { a: aj, .. }) => {
+                flops += product_flops(ai.dims()[0], aj.dims()[0], ai.dims()[1]);
                 Some(to_host(ai.clone().matmul(aj.clone().transpose())))
             }
             (Feature::Rows(_), Feature::Rows(_)) => None,
@@ -672,14 +691,14 @@ fn visit_pair<B: Backend>(
     let mut products: Vec<Products<'_, B>> = fi
         .iter()
         .zip(fj)
-        .map(|(a, b)| Products::new(a, b, diag, host))
+        .map(|(a, b)| Products::new(a, b, diag, host, &mut flops))
         .collect();
     visitor.begin_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
     for o in 0..c {
         // The output pairs (o, o2), o2 ≥ o0, formed (on the diagonal, o2 < o is skipped).
         let o0 = if diag { o } else { 0 };
         for p in &mut products {
-            p.form(o, shape);
+            flops += p.form(o, shape);
         }
         // Per output pair (o, o2) and layer: its slice of the product, weighted by its
         // inputs' Gram where affine; or, for the output layer, its inputs' Gram alone on the
@@ -703,6 +722,12 @@ fn visit_pair<B: Backend>(
         });
     }
     visitor.end_pair(a.start..a.start + bi, b.start..b.start + bj, diag);
+    flops
+}
+
+/// The floating-point operations of an `[m, k]·[k, n]` product.
+fn product_flops(m: usize, n: usize, k: usize) -> f64 {
+    2.0 * m as f64 * n as f64 * k as f64
 }
 
 /// A tile pair's shape: whether it is on the diagonal, the outputs, the row and column
@@ -751,7 +776,9 @@ enum Source<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Products<'a, B> {
-    fn new(a: &'a Feature<B>, b: &'a Feature<B>, diag: bool, host: bool) -> Self {
+    /// The products of two tiles' features of one layer; a [`Products::Whole`] product is
+    /// formed here, its operations added to `flops`.
+    fn new(a: &'a Feature<B>, b: &'a Feature<B>, diag: bool, host: bool, flops: &mut f64) -> Self {
         let per_output = |source, mirror| Products::PerOutput {
             source,
             mirror,
@@ -788,6 +815,8 @@ impl<'a, B: Backend> Products<'a, B> {
                 per_output(source, mirror)
             }
             (Feature::Rows(ri), Feature::Rows(rj)) if !diag => {
+                let ([m, k], [n, _]) = (ri.dims(), rj.dims());
+                *flops += product_flops(m, n, k);
                 Products::Whole(ri.clone().matmul(rj.clone().transpose()).into_data())
             }
             (Feature::Rows(ri), Feature::Rows(rj)) => per_output(Source::Device(ri, rj), false),
@@ -802,8 +831,9 @@ impl<'a, B: Backend> Products<'a, B> {
         (from, if mirror { o } else { 0 })
     }
 
-    /// Forms output o's products (per-output layers only).
-    fn form(&mut self, o: usize, shape: PairShape) {
+    /// Forms output o's products (per-output layers only); returns their floating-point
+    /// operations.
+    fn form(&mut self, o: usize, shape: PairShape) -> f64 {
         let PairShape { diag, c, bi, bj } = shape;
         let Products::PerOutput {
             source,
@@ -811,10 +841,14 @@ impl<'a, B: Backend> Products<'a, B> {
             outs,
         } = self
         else {
-            return;
+            return 0.0;
         };
         let (from, slot) = Self::span(*mirror, diag, o);
         let width = (c - from) * bj;
+        let depth = match source {
+            Source::Device(ri, _) => ri.dims()[1],
+            Source::Host { d, .. } => *d,
+        };
         match source {
             Source::Device(ri, rj) => {
                 let p = ri
@@ -846,6 +880,7 @@ impl<'a, B: Backend> Products<'a, B> {
                 }
             }
         }
+        product_flops(bi, width, depth)
     }
 
     /// The term of block (o, o2) in output o's rows, o2 ≥ o0, or `None` where the layer

@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use noisegeom_metrics::alignment::{
-    LossAlignment, exact_alignment, exact_alignment_streamed, exact_spectrum, top_spectrum,
+    LossAlignment, exact_alignment, exact_alignment_streamed, exact_alignment_streamed_work,
+    exact_spectrum, top_spectrum,
 };
 use noisegeom_metrics::gram::{FeatureBudget, feature_bytes_per_sample, gram, gram_tiled};
 use noisegeom_metrics::hutchinson::hutchinson;
@@ -84,6 +85,36 @@ fn streamed_mu_with_recomputed_groups_matches_dense() {
             Err(GeometryError::Budget(msg)) => assert!(msg.contains("per-sample features")),
             other => panic!("{}: expected a budget error, got {other:?}", p.name),
         }
+    }
+}
+
+/// The streamed μ's count of its products' operations, against the count written out for a
+/// one-hidden-layer FNN (d = 3 inputs, width w = 6, c = 3 outputs, biases): per tile pair
+/// of bi × bj samples, the hidden layer's signal products for the output pairs o ≤ o2
+/// (symmetric under o ↔ o2, so formed once also off the diagonal), 2·bi·bj·w·c(c+1)/2, and
+/// both layers' input Grams with their bias columns, 2·bi·bj·(d + 1) and 2·bi·bj·(w + 1);
+/// the output layer's signal products are the identity and are not formed.
+#[test]
+fn the_streamed_mu_counts_its_products_operations() {
+    let p = zoo(6)
+        .into_iter()
+        .find(|p| p.name == "fnn c=3")
+        .expect("the zoo has a one-hidden-layer FNN with c = 3");
+    let (d, w, c) = (3.0, 6.0, 3.0);
+    let per_pair = |bi: f64, bj: f64| 2.0 * bi * bj * (w * c * (c + 1.0) / 2.0 + d + 1.0 + w + 1.0);
+    let ops = ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 6, &dev()).unwrap();
+    let budget = FeatureBudget::strict(1 << 30);
+    // Tiles of 3: pairs (0, 0), (0, 1), (1, 1); one tile of 6: one diagonal pair.
+    for (tile, want) in [(3, 3.0 * per_pair(3.0, 3.0)), (6, per_pair(6.0, 6.0))] {
+        let (la, work) = exact_alignment_streamed_work(&ops, 6, tile, budget).unwrap();
+        assert_eq!(work.groups, 1);
+        assert_eq!(work.product_flops, want, "tile {tile}");
+        assert_eq!(
+            la.g_fro2,
+            exact_alignment_streamed(&ops, 6, tile, budget)
+                .unwrap()
+                .g_fro2
+        );
     }
 }
 
