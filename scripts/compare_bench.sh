@@ -52,14 +52,18 @@ for r in $(seq 1 "$rounds"); do
   for w in $alone; do run_ours "$w" "$r"; done
 done
 # One document per side: the first run's environment, every round's timings.
-python3 - "$tmp" "$ours" "$theirs" "$have_torch" "$args" <<'PY'
+python3 - "$tmp" "$ours" "$theirs" "$have_torch" "$args" "$shared" "$alone" <<'PY'
 import glob, json, os, sys
 tmp, ours, theirs, have_torch = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 for side, out in [("ours", ours)] + ([("theirs", theirs)] if have_torch else []):
     docs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(tmp, side + "-*.json")))]
     env = dict(docs[0]["env"])
     env["command"] = "scripts/compare_bench.sh " + sys.argv[5]
-    doc = {"env": env, "timings": [t for d in docs for t in d["timings"]]}
+    # Workloads in the order they run, rounds in order.
+    order = (sys.argv[6] + " " + sys.argv[7]).split()
+    timings = [t for d in docs for t in d["timings"]]
+    timings.sort(key=lambda t: order.index(t["workload"]))
+    doc = {"env": env, "timings": timings}
     json.dump(doc, open(out, "w"), indent=2)
 PY
 [ "$have_torch" = 1 ] || exit 0
