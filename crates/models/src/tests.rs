@@ -95,6 +95,14 @@ impl ParamSource<Ad2> for Nested<'_> {
     }
 }
 
+/// ||a − b|| / ||b|| (the lengths must agree).
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
 fn grad_of<B: burn::tensor::backend::AutodiffBackend>(net: &Net<B>, x: Tensor<B, 2>) -> Vec<f64> {
     grad_with(net, x, &mut NoTap)
 }
@@ -538,11 +546,6 @@ fn host_conv_weight_grad_matches_the_backend_conv_backward() {
             .unwrap();
         let want = grad_of(&net, x.clone());
         let got = grad_with(&net, x, &mut TrainOps::Host);
-        let rel = |a: &[f64], b: &[f64]| {
-            let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-            let den: f64 = b.iter().map(|y| y * y).sum();
-            (num / den).sqrt()
-        };
         assert!(rel(&out, &out_ref) < 1e-13, "{cfg:?}: outputs");
         assert_eq!(got.len(), want.len());
         assert!(
@@ -564,12 +567,6 @@ fn host_conv_kernels_match_burns_conv_in_f64() {
     use crate::conv_host::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-    let rel = |a: &[f64], b: &[f64]| {
-        assert_eq!(a.len(), b.len());
-        let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| y * y).sum();
-        (num / den).sqrt()
-    };
     let vals = |len: usize, seed: usize| -> Vec<f64> {
         (0..len)
             .map(|k| (((k + seed) * 7919 % 211) as f64 - 105.0) / 53.0)
@@ -667,11 +664,6 @@ fn the_flex_ops_match_the_f64_reference() {
     assert!(!crate::flex_ops::is_autodiff_flex::<Ad>());
     assert!(!crate::flex_ops::is_autodiff_flex::<Autodiff<AdF>>());
     let fdev = Default::default();
-    let rel = |a: &[f64], b: &[f64]| {
-        let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| y * y).sum();
-        (num / den).sqrt()
-    };
     let mut checked = 0;
     for (cfg, shape, c) in zoo() {
         let arch = cfg.arch(&shape, c, 0).unwrap();
