@@ -79,11 +79,7 @@ fn quick_with(name: &str, extra: &[&str]) -> (tempfile::TempDir, Value) {
         &std::fs::read(dir.path().join(format!("{name}.env.json"))).unwrap(),
     )
     .unwrap();
-    assert!(
-        env["env"]["git_revision"].is_string(),
-        "provenance: {}",
-        env["env"]
-    );
+    crate::support::assert_provenance(&env["env"]);
     assert!(
         env["jobs"].as_array().is_some_and(|j| !j.is_empty()),
         "{env}"

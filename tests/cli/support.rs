@@ -79,3 +79,40 @@ pub const TINY: &[&str] = &[
     "--set",
     "train.eval_batch=50",
 ];
+
+#[path = "../../crates/cli/src/sources.rs"]
+#[allow(dead_code)]
+mod sources;
+
+/// Checks an `env.json`'s provenance against git, run where the binary was built: the
+/// revision is HEAD's, and `git_dirty` is `"false"` exactly when no source file of the binary
+/// differs from HEAD (`git status`). Without git, only that the fields are there.
+pub fn assert_provenance(env: &serde_json::Value) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (Some(head), Some(status)) = (
+        git(&["rev-parse", "HEAD"]),
+        git(&["status", "--porcelain", "-z", "--untracked-files=all"]),
+    ) else {
+        assert!(env["git_revision"].is_string(), "provenance: {env}");
+        return;
+    };
+    let edited = status
+        .split('\0')
+        .filter(|l| l.len() > 3)
+        .any(|l| sources::is_source(&l[3..]));
+    assert_eq!(env["git_revision"], head.trim(), "provenance: {env}");
+    assert_eq!(
+        env["git_dirty"],
+        if edited { "true" } else { "false" },
+        "provenance: {env}; git status: {status}"
+    );
+}

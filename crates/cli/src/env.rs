@@ -1,13 +1,21 @@
 //! The provenance written next to every result: code revision, toolchain, backend, machine.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
 use serde_json::{Value, json};
+
+use crate::sources;
 
 /// `env.json` for a run or a results file.
 pub fn env_info(backend: &str, seed: u64, command: &[String]) -> Value {
+    let code = code();
     json!({
         "noisegeom_version": env!("CARGO_PKG_VERSION"),
-        "git_revision": env!("NOISEGEOM_GIT_REV"),
-        "git_dirty": env!("NOISEGEOM_GIT_DIRTY"),
+        "git_revision": code.revision,
+        "git_dirty": code.dirty,
+        "source_digest": env!("NOISEGEOM_SOURCE_DIGEST"),
         "burn_version": env!("NOISEGEOM_BURN"),
         "rustc": env!("NOISEGEOM_RUSTC"),
         "backend": backend,
@@ -22,19 +30,96 @@ pub fn env_info(backend: &str, seed: u64, command: &[String]) -> Value {
     })
 }
 
-/// The code's identity for reusing results: version, git revision, and whether the tree
-/// was dirty at build time.
+/// The code's identity, for people: version, git revision, and whether the binary's
+/// sources differ from that revision's.
 pub fn code_identity() -> String {
+    let code = code();
     format!(
         "noisegeom {} {}{}",
         env!("CARGO_PKG_VERSION"),
-        env!("NOISEGEOM_GIT_REV"),
-        if env!("NOISEGEOM_GIT_DIRTY") == "false" {
-            ""
-        } else {
-            " (dirty)"
+        code.revision,
+        match code.dirty {
+            "false" => "",
+            "true" => " (dirty)",
+            _ => " (dirty: unknown)",
         }
     )
+}
+
+/// Where the binary's sources stand in git.
+struct Code {
+    /// The commit checked out where the binary was built (or in the working folder), or
+    /// `unknown` where no git repository is found.
+    revision: String,
+    /// `false` when the binary was built from exactly that commit's sources, `true` when
+    /// its sources differ (uncommitted edits, or a binary older than the checkout),
+    /// `unknown` without git.
+    dirty: &'static str,
+}
+
+/// Looked up once per process, at run time: the build records only the digest of the
+/// sources (`build.rs`), so a commit does not recompile the binary.
+fn code() -> &'static Code {
+    static CODE: OnceLock<Code> = OnceLock::new();
+    CODE.get_or_init(|| {
+        let built = env!("NOISEGEOM_SOURCE_DIGEST");
+        let mut roots = vec![PathBuf::from(env!("NOISEGEOM_SOURCE_ROOT"))];
+        if let Some(top) = git(Path::new("."), &["rev-parse", "--show-toplevel"]) {
+            roots.push(PathBuf::from(top));
+        }
+        let mut first = None;
+        for root in roots {
+            let Some(revision) = git(&root, &["rev-parse", "HEAD"]) else {
+                continue;
+            };
+            let tree = git(&root, &["ls-tree", "-r", "-z", "HEAD"]).unwrap_or_default();
+            if tree_digest(&tree) == built {
+                return Code {
+                    revision,
+                    dirty: "false",
+                };
+            }
+            first.get_or_insert(revision);
+        }
+        match first {
+            Some(revision) => Code {
+                revision,
+                dirty: "true",
+            },
+            None => Code {
+                revision: "unknown".into(),
+                dirty: "unknown",
+            },
+        }
+    })
+}
+
+/// The digest of the source files in `git ls-tree -r -z` output, as `build.rs` takes it of
+/// the files on disk.
+fn tree_digest(ls_tree: &str) -> String {
+    let entries = ls_tree
+        .split('\0')
+        .filter_map(|line| {
+            let (meta, path) = line.split_once('\t')?;
+            let mut meta = meta.split(' ');
+            let (_mode, kind, id) = (meta.next()?, meta.next()?, meta.next()?);
+            (kind == "blob" && sources::is_source(path)).then(|| (path.to_string(), id.to_string()))
+        })
+        .collect();
+    sources::digest(entries)
+}
+
+/// `git -C dir args…`'s output, trimmed, when it succeeds.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The CPU's model name (Linux `/proc/cpuinfo`; empty elsewhere): timings from different
@@ -91,6 +176,35 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trees_digest_covers_the_binarys_sources_only() {
+        // `git ls-tree -r -z` lines; ce0136… is git's blob id of "hello\n".
+        let id = "ce013625030ba8dba906f756967f9e9ca394464a";
+        let line = |path: &str| format!("100644 blob {id}\t{path}\0");
+        let sources = [
+            "Cargo.lock",
+            "crates/cli/build.rs",
+            "crates/models/src/net.rs",
+        ];
+        let others = [
+            "README.md",
+            "crates/metrics/tests/engine.rs",
+            "tests/cli/main.rs",
+            "crates/models/src/.net.rs.swp",
+        ];
+        let tree: String = sources.iter().chain(&others).map(|p| line(p)).collect();
+        let expected = crate::sources::digest(
+            sources
+                .iter()
+                .map(|p| (p.to_string(), id.to_string()))
+                .collect(),
+        );
+        assert_eq!(super::tree_digest(&tree), expected);
+        // Any change to a source's contents changes the digest.
+        let edited = tree.replacen(id, "0000000000000000000000000000000000000000", 1);
+        assert_ne!(super::tree_digest(&edited), expected);
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));

@@ -9,6 +9,7 @@ mod cmd;
 mod env;
 mod malloc;
 mod progress;
+mod sources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
