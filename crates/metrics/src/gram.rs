@@ -42,7 +42,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use noisegeom_models::{Activation, ConvGeom, Layer, Stage, Tap};
+use noisegeom_models::{Activation, ConvGeom, Layer, Stage, Tap, autodiff_lock};
 
 use crate::linalg::{GemmElem, row_products};
 use crate::nested::{Ad, to_host, with_slice};
@@ -568,6 +568,7 @@ fn autodiff_features<B: Backend>(
     b: usize,
     late_copies: bool,
 ) -> Vec<Feature<B>> {
+    let _graph = autodiff_lock();
     let c = ops.c;
     let x = ops.x.clone().narrow(0, start, b);
     let x = if late_copies { x } else { x.repeat_dim(0, c) };

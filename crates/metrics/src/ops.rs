@@ -9,7 +9,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use noisegeom_models::{Arch, FlatSource, Net, TrainOps};
+use noisegeom_models::{Arch, FlatSource, Net, TrainOps, autodiff_lock};
 
 use crate::GeometryError;
 use crate::nested::{
@@ -303,6 +303,7 @@ impl<B: Backend> ProbeOps<B> {
         assert_eq!(w.len(), self.n * self.c, "output-space vector length");
         let mut acc = vec![0.0; self.p];
         for (s, len) in self.chunks() {
+            let _graph = autodiff_lock();
             let wc = to_device2::<Ad<B>>(
                 &w[s * self.c..(s + len) * self.c],
                 len,
@@ -359,6 +360,7 @@ impl<B: Backend> ProbeOps<B> {
         let v_ad = to_device::<Ad<B>>(v, &self.device);
         let mut out = Vec::with_capacity(self.n * self.c);
         for (s, len) in self.chunks() {
+            let _graph = autodiff_lock();
             let u = Tensor::<Ad<B>, 2>::zeros([len, self.c], &self.device).require_grad();
             let x = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
                 self.x.clone().narrow(0, s, len),
@@ -408,6 +410,7 @@ impl<B: Backend> ProbeOps<B> {
         let mut acc = vec![0.0; self.p];
         let inv = 1.0 / self.n as f64;
         for (s, len) in self.chunks() {
+            let _graph = autodiff_lock();
             let x = Tensor::<Ad<B>, 2>::from_inner(self.x.clone().narrow(0, s, len));
             let y = Tensor::<Ad<B>, 2>::from_inner(self.y.clone().narrow(0, s, len));
             let (f, jv) = self.net_ad.jvp(x, &tangent);
@@ -456,6 +459,7 @@ impl<B: Backend> ProbeOps<B> {
         let mut acc = vec![0.0; self.p];
         let inv = 0.5 / self.n as f64;
         for (s, len) in self.chunks() {
+            let _graph = autodiff_lock();
             let x = Tensor::<Ad2<B>, 2>::from_inner(Tensor::from_inner(
                 self.x.clone().narrow(0, s, len),
             ));

@@ -11,6 +11,7 @@ mod config;
 pub mod conv_host;
 mod device_set;
 pub mod flex_ops;
+mod graph_lock;
 pub mod host;
 pub mod layers;
 mod net;
@@ -18,6 +19,7 @@ pub mod params;
 
 pub use config::{Head, ModelConfig};
 pub use device_set::{DeviceSet, mse};
+pub use graph_lock::{AutodiffGuard, autodiff_lock};
 pub use layers::{ConvGeom, Layer, NoTap, Tap, TrainOps, on_host};
 pub use net::{Arch, Net, Stage};
 pub use params::{

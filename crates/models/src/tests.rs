@@ -142,6 +142,7 @@ fn param_grads<B: burn::tensor::backend::AutodiffBackend>(
 
 #[test]
 fn every_model_survives_double_backward_and_matches_finite_differences() {
+    let _graph = crate::autodiff_lock();
     for (cfg, shape, c) in zoo() {
         let arch = cfg.arch(&shape, c, 3).unwrap();
         let p = arch.num_params();
@@ -527,6 +528,7 @@ fn im2col_matches_hand_written_patches() {
 /// and the same gradient of every parameter to round-off.
 #[test]
 fn host_conv_weight_grad_matches_the_backend_conv_backward() {
+    let _graph = crate::autodiff_lock();
     let mut checked = 0;
     for (cfg, shape, c) in zoo() {
         let arch = cfg.arch(&shape, c, 0).unwrap();
@@ -564,6 +566,7 @@ fn host_conv_weight_grad_matches_the_backend_conv_backward() {
 /// output (patches kept or not), ∂W, ∂b and ∂x to round-off.
 #[test]
 fn host_conv_kernels_match_burns_conv_in_f64() {
+    let _graph = crate::autodiff_lock();
     use crate::conv_host::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
@@ -658,6 +661,7 @@ fn host_conv_kernels_match_burns_conv_in_f64() {
 /// inputs, to f32 round-off. Gradients of earlier layers pass through the ops' ∂x.
 #[test]
 fn the_flex_ops_match_the_f64_reference() {
+    let _graph = crate::autodiff_lock();
     use burn::backend::Flex;
     type AdF = Autodiff<Flex>;
     assert!(crate::flex_ops::is_autodiff_flex::<AdF>());

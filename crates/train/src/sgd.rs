@@ -379,6 +379,7 @@ mod tests {
     /// fresh optimiser resumes from it.
     #[test]
     fn update_matches_the_rule_written_out_and_resumes_from_its_state() {
+        let _graph = noisegeom_models::autodiff_lock();
         let arch = Arch {
             input_shape: vec![3],
             stages: vec![
@@ -476,6 +477,7 @@ mod tests {
     /// the CPU backends take, against the rule written out.)
     #[test]
     fn the_host_update_gives_the_bits_of_the_tensor_update() {
+        let _graph = noisegeom_models::autodiff_lock();
         fn check<B: Backend>(device: &B::Device) {
             // 40 000 elements: more than one chunk of the parallel loop.
             let (r, c) = (200, 200);
@@ -529,6 +531,7 @@ mod tests {
     /// fails unless a built matrix has the layout SGD leaves it in.
     #[test]
     fn a_network_rebuilt_from_theta_computes_bitwise_what_the_trained_one_computes() {
+        let _graph = noisegeom_models::autodiff_lock();
         type F = Autodiff<Flex>;
         let device = Default::default();
         let arch = Arch {

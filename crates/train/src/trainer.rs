@@ -8,7 +8,9 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use noisegeom_data::{Prepared, Sampler};
-use noisegeom_models::{DeviceSet, FlatSource, Net, RandomInit, TrainOps, flatten, mse};
+use noisegeom_models::{
+    DeviceSet, FlatSource, Net, RandomInit, TrainOps, autodiff_lock, flatten, mse,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -300,6 +302,7 @@ pub fn train<B: AutodiffBackend>(
     let mut final_eval = None;
     for step in start..total {
         let t0 = Instant::now();
+        let graph = autodiff_lock();
         let lr = t.lr.lr(step);
         let batch = sampler.batch(step);
         // The batch's mean loss is Σ over micro-batches of (len/B)·(micro-batch mean loss);
@@ -354,6 +357,7 @@ pub fn train<B: AutodiffBackend>(
             Some(g) => sgd.step(model, g, lr),
             None => sgd.step_flat(model, grads, lr),
         };
+        drop(graph);
         train_s += t0.elapsed().as_secs_f64();
 
         let done = step + 1;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use noisegeom_models::{Activation, ModelConfig, Net, RandomInit, TrainOps, mse};
+use noisegeom_models::{Activation, ModelConfig, Net, RandomInit, TrainOps, autodiff_lock, mse};
 use noisegeom_train::{Sgd, SgdConfig};
 use serde::Serialize;
 
@@ -203,6 +203,7 @@ impl BenchJob {
             // As the trainer does.
             let mut train_ops = TrainOps::for_device::<B>(&device);
             let (warm, times) = time_it(self.repeats, || {
+                let _graph = autodiff_lock();
                 let m = model.take().expect("model");
                 let loss = mse(m.forward_with(x.clone(), &mut train_ops), y.clone());
                 // As the trainer does: read the step's loss back (this waits for the device,

@@ -6,7 +6,7 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
-use noisegeom_models::{Arch, FlatSource, ModelConfig, Net, RandomInit, flatten};
+use noisegeom_models::{Arch, FlatSource, ModelConfig, Net, RandomInit, autodiff_lock, flatten};
 
 pub type F64 = NdArray<f64>;
 pub type Ad = Autodiff<F64>;
@@ -128,6 +128,7 @@ fn outputs(p: &Problem, theta: &[f64]) -> Vec<f64> {
 
 /// Reverse-mode gradient of L = ||f − y||²/(2n).
 fn loss_grad(p: &Problem, theta: &[f64]) -> Vec<f64> {
+    let _graph = autodiff_lock();
     let net = Net::<Ad>::build(p.arch.clone(), &mut FlatSource::new(&dev(), theta)).unwrap();
     let x = Tensor::<Ad, 2>::from_data(TensorData::new(p.x.clone(), [p.n, p.d]), &dev());
     let y = Tensor::<Ad, 2>::from_data(TensorData::new(p.y.clone(), [p.n, p.c]), &dev());
@@ -176,6 +177,7 @@ pub fn dense(p: &Problem) -> Dense {
     let nc = p.n * p.c;
     let np = p.theta.len();
     // J by reverse mode: row r = ∇θ f_r, one backward per unit cotangent.
+    let _graph = autodiff_lock();
     let net = Net::<Ad>::build(p.arch.clone(), &mut FlatSource::new(&dev(), &p.theta)).unwrap();
     let x = Tensor::<Ad, 2>::from_data(TensorData::new(p.x.clone(), [p.n, p.d]), &dev());
     let mut j = Vec::with_capacity(nc);
