@@ -175,6 +175,7 @@ pub struct Fig1;
 
 impl Figure for Fig1 {
     const NAME: &'static str = "fig1";
+    const NUMERICS: u32 = 1;
     type Config = Fig1Config;
     type Part = Fig1Part;
 

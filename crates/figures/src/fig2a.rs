@@ -86,6 +86,7 @@ pub struct Fig2a;
 
 impl Figure for Fig2a {
     const NAME: &'static str = "fig2a";
+    const NUMERICS: u32 = 1;
     type Config = Fig2aConfig;
     type Part = Spectrum;
 

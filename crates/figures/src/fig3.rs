@@ -256,6 +256,7 @@ pub struct Fig3;
 
 impl Figure for Fig3 {
     const NAME: &'static str = "fig3";
+    const NUMERICS: u32 = 1;
     type Config = Fig3Config;
     type Part = RunOutcome;
 

@@ -195,6 +195,7 @@ pub struct Fig4;
 
 impl Figure for Fig4 {
     const NAME: &'static str = "fig4";
+    const NUMERICS: u32 = 1;
     type Config = Fig4Config;
     type Part = Run;
 

@@ -156,6 +156,7 @@ fn experiment(cfg: &Fig6Config, run: &Fig6Run) -> ExperimentConfig {
 
 impl Figure for Fig6 {
     const NAME: &'static str = "fig6";
+    const NUMERICS: u32 = 1;
     type Config = Fig6Config;
     type Part = Fig6Part;
 

@@ -161,6 +161,7 @@ fn config_err(path: &str, message: String) -> FigureError {
 
 impl<K: SpectraKind> Figure for Spectra<K> {
     const NAME: &'static str = K::NAME;
+    const NUMERICS: u32 = 1;
     type Config = SpectraConfig;
     type Part = SpectraPart;
 

@@ -5,7 +5,9 @@
 //! stable id. [`Sweep::run_shard`] computes the jobs `i ≡ I (mod N)` and writes each result to
 //! `<dir>/jobs/<id>.toml` atomically, so a killed shard leaves only whole files; rerun, it
 //! skips a job whose file is whole and was written for the same figure, config, `--quick`
-//! and code, and redoes anything else. [`merge`] reads the job files in plan order and
+//! and numerics version ([`ENGINE_NUMERICS`], [`Figure::NUMERICS`]), and redoes anything
+//! else. The code's git revision is recorded in each job file but is not part of that key,
+//! so a commit that does not change what jobs compute keeps every finished job. [`merge`] reads the job files in plan order and
 //! writes the figure's results file and plots. Every job's numbers depend only on the config
 //! and the job's index, and the results file holds no clock or host, so the merged file is
 //! byte-identical whatever the number of shards. Timings and provenance go to
@@ -25,6 +27,13 @@ use serde_json::{Value, json};
 
 use crate::{FigureError, Output};
 
+/// The version of the numerics that figure jobs get from the crates below this one (data,
+/// models, metrics, train): bump it in any change that alters a number a figure job computes
+/// through them (an estimator, an operator's rounding, the training step, a data loader's
+/// values), so finished jobs are redone. Refactors, speed-ups that keep the bits, new
+/// features, docs and tests leave it. Each figure's own code has [`Figure::NUMERICS`].
+pub const ENGINE_NUMERICS: u32 = 1;
+
 /// One independent unit of a figure's work.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobSpec {
@@ -38,6 +47,11 @@ pub struct JobSpec {
 pub trait Figure {
     /// `fig1`, `fig2a`…: the results are `<NAME>.json`, `.png`, `.svg`.
     const NAME: &'static str;
+    /// The version of this figure's own numerics (its `plan`, `run_job` and what they
+    /// compute): bump it in any change that alters a number its jobs return. With
+    /// [`ENGINE_NUMERICS`], the config, `--quick` and the job's id, it decides whether a
+    /// finished job is reused.
+    const NUMERICS: u32;
     type Config: Serialize + DeserializeOwned;
     /// One job's result.
     type Part: Serialize + DeserializeOwned;
@@ -123,9 +137,11 @@ pub struct Sweep<'a, F: Figure> {
     cfg: &'a F::Config,
     quick: bool,
     out: &'a Output,
-    /// Identity of the code computing the jobs (version, git revision, dirty flag): a job
-    /// file written by other code is redone.
+    /// Identity of the code computing the jobs (version, git revision, dirty flag), recorded
+    /// in each job file for provenance; it does not decide reuse.
     code: String,
+    /// `engine.figure` numerics versions: a job file from other numerics is redone.
+    numerics: String,
     /// The backend and precision jobs run on: a job file from another backend is redone by
     /// `run_shard` (merge accepts it, and says so).
     backend: String,
@@ -142,6 +158,9 @@ struct JobFile<P> {
     quick: bool,
     /// The config as JSON: a job is reused only for the identical config.
     config_key: String,
+    /// [`ENGINE_NUMERICS`]`.`[`Figure::NUMERICS`] of the code that computed it.
+    numerics: String,
+    /// The code that computed it (provenance only).
     code: String,
     backend: String,
     shard: String,
@@ -160,7 +179,8 @@ pub struct ShardReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobState {
     Done,
-    /// A file from another config, `--quick` setting or code, or an unreadable one.
+    /// A file from another config, `--quick` setting or numerics version, or an unreadable
+    /// one.
     Stale,
     Missing,
 }
@@ -188,6 +208,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
             quick,
             out,
             code,
+            numerics: format!("{ENGINE_NUMERICS}.{}", F::NUMERICS),
             backend,
             config_key: serde_json::to_string(cfg).expect("config serialises"),
         }
@@ -201,7 +222,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
         self.jobs_dir().join(format!("{id}.toml"))
     }
 
-    /// A job's file if it is whole and belongs to this figure, config, mode and code;
+    /// A job's file if it is whole and belongs to this figure, config, mode and numerics;
     /// otherwise why not.
     fn read_job(&self, id: &str) -> Result<JobFile<toml::Value>, JobState> {
         let text = std::fs::read_to_string(self.job_path(id)).map_err(|_| JobState::Missing)?;
@@ -210,7 +231,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
             && doc.id == id
             && doc.quick == self.quick
             && doc.config_key == self.config_key
-            && doc.code == self.code;
+            && doc.numerics == self.numerics;
         if same { Ok(doc) } else { Err(JobState::Stale) }
     }
 
@@ -292,6 +313,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
                 label: job.label.clone(),
                 quick: self.quick,
                 config_key: self.config_key.clone(),
+                numerics: self.numerics.clone(),
                 code: self.code.clone(),
                 backend: self.backend.clone(),
                 shard: format!("{}/{}", shard.index, shard.count),
@@ -369,6 +391,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
         self.out.write_env(&json!({
             "env": env,
             "code": self.code,
+            "numerics": self.numerics,
             "job_seconds_total": job_seconds,
             "merge_seconds": t0.elapsed().as_secs_f64(),
             "jobs": jobs,
@@ -380,7 +403,104 @@ impl<'a, F: Figure> Sweep<'a, F> {
 
 #[cfg(test)]
 mod tests {
-    use super::Shard;
+    use std::cell::Cell;
+
+    use burn::backend::NdArray;
+    use serde::{Deserialize, Serialize};
+
+    use super::{Figure, JobSpec, JobState, Shard, Sweep};
+    use crate::{FigureError, Output};
+
+    thread_local! {
+        /// Jobs computed by the test figures in this thread.
+        static COMPUTED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Cfg {
+        points: Vec<f64>,
+    }
+
+    /// A figure of squares, one job per point; `V` is its numerics version.
+    struct Squares<const V: u32>;
+
+    impl<const V: u32> Figure for Squares<V> {
+        const NAME: &'static str = "squares";
+        const NUMERICS: u32 = V;
+        type Config = Cfg;
+        type Part = f64;
+
+        fn plan(cfg: &Cfg) -> Result<Vec<JobSpec>, FigureError> {
+            Ok((0..cfg.points.len())
+                .map(|i| JobSpec {
+                    id: format!("p{i}"),
+                    label: String::new(),
+                })
+                .collect())
+        }
+
+        fn run_job<B: burn::tensor::backend::Backend>(
+            cfg: &Cfg,
+            index: usize,
+            _: &B::Device,
+            _: &std::path::Path,
+        ) -> Result<f64, FigureError> {
+            COMPUTED.with(|c| c.set(c.get() + 1));
+            Ok(cfg.points[index].powi(2))
+        }
+
+        fn merge(
+            _: &Cfg,
+            parts: Vec<f64>,
+            _: &Output,
+        ) -> Result<(serde_json::Value, String), FigureError> {
+            Ok((serde_json::json!(parts), String::new()))
+        }
+    }
+
+    /// Runs every job of `Squares<V>` for `code`; returns how many were computed and the
+    /// jobs' states before the run.
+    fn run<const V: u32>(cfg: &Cfg, out: &Output, code: &str) -> (usize, Vec<JobState>) {
+        let sweep = Sweep::<Squares<V>>::new(cfg, false, out, code.into(), "cpu".into());
+        let before = sweep.status().unwrap().into_iter().map(|j| j.1).collect();
+        COMPUTED.with(|c| c.set(0));
+        sweep
+            .run_shard::<NdArray<f64>>(Shard::ALL, &Default::default(), &mut |_| {})
+            .unwrap();
+        (COMPUTED.with(Cell::get), before)
+    }
+
+    #[test]
+    fn finished_jobs_survive_a_new_code_revision_but_not_new_numerics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = Output {
+            dir: tmp.path().to_path_buf(),
+            name: "squares".into(),
+        };
+        let cfg = Cfg {
+            points: vec![1.0, 2.0, 3.0],
+        };
+        let missing = vec![JobState::Missing; 3];
+        assert_eq!(run::<1>(&cfg, &out, "noisegeom 0.1.0 aaaa"), (3, missing));
+        // A commit elsewhere in the code (another revision, a dirty tree): all reused.
+        let done = vec![JobState::Done; 3];
+        assert_eq!(
+            run::<1>(&cfg, &out, "noisegeom 0.1.0 bbbb (dirty)"),
+            (0, done)
+        );
+        // The figure's numerics changed: every job is redone, then reused again.
+        let stale = vec![JobState::Stale; 3];
+        assert_eq!(run::<2>(&cfg, &out, "noisegeom 0.1.0 cccc"), (3, stale));
+        assert_eq!(
+            run::<2>(&cfg, &out, "noisegeom 0.1.0 dddd"),
+            (0, vec![JobState::Done; 3])
+        );
+        // Another config is another figure's work.
+        let other = Cfg {
+            points: vec![1.0, 2.0, 4.0],
+        };
+        assert_eq!(run::<2>(&other, &out, "noisegeom 0.1.0 dddd").0, 3);
+    }
 
     #[test]
     fn shards_parse_and_partition() {
