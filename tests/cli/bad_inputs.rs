@@ -195,3 +195,115 @@ fn unknown_probe_key_is_refused() {
     ]);
     assert_one_line_error(&out, &["unknown field `sise`", "lanczos_iters"]);
 }
+
+/// Every size is checked against the problem before any work (issue: a probe of 100000
+/// samples on a 5000-sample training set ran for ten minutes, growing, until killed).
+#[test]
+fn sizes_out_of_range_fail_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let out = run(&[
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--set",
+        "probe.size=100000",
+        "--set",
+        "train.steps=1",
+        "--out",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["probe.size", "100000", "5000 samples"]);
+    let out = run(&[
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--set",
+        "probe.lanczos_iters=1000000",
+        "--set",
+        "train.steps=1",
+        "--out",
+        tmp.path().join("s").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["probe.k, probe.lanczos_iters", "at most p = "]);
+    let measure = |extra: &[&str]| {
+        let mut args = vec![
+            "measure",
+            "--config",
+            "configs/quickstart.toml",
+            "--at-init",
+            "--set",
+            "data.n_train=200",
+            "--set",
+            "data.n_test=10",
+            "--out",
+        ];
+        let file = tmp.path().join("m.json");
+        args.push(file.to_str().unwrap());
+        args.extend(extra);
+        let out = run(&args);
+        assert!(!file.exists(), "no results file after an error");
+        out
+    };
+    let out = measure(&["--probe-size", "16", "--k", "0"]);
+    assert_one_line_error(&out, &["--k 0", "at least one eigenpair"]);
+    let out = measure(&["--probe-size", "201"]);
+    assert_one_line_error(&out, &["--probe-size 201", "200 training samples"]);
+    let out = measure(&["--probe-size", "8", "--lanczos-iters", "100000000"]);
+    assert_one_line_error(&out, &["--lanczos-iters 100000000", "at most p = "]);
+    let out = measure(&["--probe-size", "16", "--chunk", "0"]);
+    assert_one_line_error(&out, &["--chunk 0"]);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(30),
+        "the refusals took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// A k above G's rank bound asks for the whole spectrum: clamped, said on one line and in
+/// the results file (it used to run until killed, building a 155 GB Lanczos basis).
+#[test]
+fn k_above_the_rank_of_g_is_clamped_and_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("m.json");
+    let t0 = std::time::Instant::now();
+    let out = crate::support::noisegeom()
+        .args([
+            "measure",
+            "--config",
+            "configs/quickstart.toml",
+            "--at-init",
+            "--set",
+            "data.n_train=200",
+            "--set",
+            "data.n_test=10",
+            "--set",
+            "model.channels=[4,8,8]",
+            "--probe-size",
+            "8",
+            "--k",
+            "100000",
+            "--what",
+            "spectrum",
+            "--no-hessian",
+            "--out",
+            file.to_str().unwrap(),
+        ])
+        .env("NOISEGEOM_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--k 100000 exceeds G's rank bound") && stderr.contains("= 80"),
+        "{stderr}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(doc["options"]["k"], 80);
+    assert!(doc["clamped"][0].as_str().unwrap().contains("top 80"));
+    let top = doc["measurement"]["top_g"]["lanczos"]["top"]
+        .as_array()
+        .unwrap();
+    assert_eq!(top.len(), 80);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(120));
+}

@@ -153,16 +153,39 @@ fn probes_do_not_perturb_training() {
 
 #[test]
 fn killed_run_resumes_to_the_identical_state_and_log() {
+    kill_and_resume(&[]);
+}
+
+/// The logged loss averages the steps since the last log line; a checkpoint between log
+/// steps (every 4 steps, logs every 5) keeps that window, so the resumed log is the same.
+#[test]
+fn a_run_killed_between_log_steps_resumes_to_the_identical_log() {
+    kill_and_resume(&["--set", "train.log_every=5"]);
+}
+
+/// Runs `args` (plus `extra`) whole, and again killed with SIGKILL after its second
+/// checkpoint and resumed: the logs must be byte for byte and the final checkpoints bit for
+/// bit the same.
+fn kill_and_resume(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
-    assert!(run(&args(whole.to_str().unwrap())).status.success());
+    let with = |d: &Path| -> Vec<String> {
+        args(d.to_str().unwrap())
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(String::from)
+            .collect()
+    };
+    let whole_args = with(&whole);
+    assert!(
+        run(&whole_args.iter().map(String::as_str).collect::<Vec<_>>())
+            .status
+            .success()
+    );
 
     // Kill -9 once a checkpoint past the first has landed, then resume.
     let cut = tmp.path().join("cut");
-    let mut child = noisegeom()
-        .args(args(cut.to_str().unwrap()))
-        .spawn()
-        .unwrap();
+    let mut child = noisegeom().args(with(&cut)).spawn().unwrap();
     let t0 = Instant::now();
     loop {
         let n = std::fs::read_dir(cut.join("checkpoints"))
@@ -205,7 +228,7 @@ fn killed_run_resumes_to_the_identical_state_and_log() {
     assert_eq!(
         final_checkpoint(&whole),
         final_checkpoint(&cut),
-        "final parameters and momentum differ bitwise"
+        "final parameters, momentum and log position differ"
     );
 }
 
@@ -221,7 +244,7 @@ fn a_second_run_into_the_same_folder_is_refused() {
 }
 
 #[test]
-fn sigint_checkpoints_and_exits_cleanly_then_resumes() {
+fn sigint_checkpoints_and_exits_with_130_then_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
     assert!(run(&args(whole.to_str().unwrap())).status.success());
@@ -229,7 +252,7 @@ fn sigint_checkpoints_and_exits_cleanly_then_resumes() {
     let cut = tmp.path().join("cut");
     let child = noisegeom()
         .args(args(cut.to_str().unwrap()))
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
@@ -247,10 +270,11 @@ fn sigint_checkpoints_and_exits_cleanly_then_resumes() {
         .unwrap();
     assert!(sent.success());
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "SIGINT should exit cleanly: {stdout}");
-    assert!(stdout.contains("interrupted after step"), "{stdout}");
-    assert!(stdout.contains("--resume"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 130 = 128 + SIGINT: stopped on request, resumable.
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted after step"), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
 
     let out = run(&["train", "--resume", cut.to_str().unwrap()]);
     assert!(
@@ -276,4 +300,146 @@ fn sigint_checkpoints_and_exits_cleanly_then_resumes() {
     let load = |d: &Path| noisegeom_train::checkpoint::Checkpoint::load(&d.join(last)).unwrap();
     let (a, b) = (load(&whole), load(&cut));
     assert!(a.params == b.params && a.momentum == b.momentum);
+}
+
+/// SIGTERM during a long probe (the one at step 0): the run checkpoints within seconds and
+/// exits with 143, saying how to resume; resumed, it takes the interrupted probe first and
+/// its log matches the uninterrupted run's event for event (the interruption adds one
+/// checkpoint event).
+#[test]
+fn sigterm_during_a_probe_checkpoints_within_seconds_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |d: &Path| -> Vec<String> {
+        [
+            "train",
+            "--config",
+            "configs/quickstart.toml",
+            "--out",
+            d.to_str().unwrap(),
+            "--set",
+            "data.n_train=600",
+            "--set",
+            "data.n_test=50",
+            "--set",
+            "model.channels=[8,16,16]",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "probe.size=400",
+            "--set",
+            "probe.k=2",
+            "--set",
+            "probe.lanczos_iters=40",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = tmp.path().join("whole");
+    let out = run(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cut = tmp.path().join("cut");
+    let child = noisegeom()
+        .args(args(&cut))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log's first line is written just before the step-0 probe starts.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(cut.join("metrics.jsonl")).is_ok_and(|l| l.contains("start"))
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM"
+    );
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("interrupted after step 0") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    assert!(!log.contains("\"probe\""), "the probe was cut short: {log}");
+    assert!(cut.join("checkpoints/step-0000000000.ckpt").is_file());
+
+    let out = run(&["train", "--resume", cut.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("\"kind\":\"checkpoint\""))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(events(&whole), events(&cut));
+}
+
+/// SIGTERM during `measure`: it exits within seconds with 143 and writes no results file.
+#[test]
+fn sigterm_during_measure_exits_within_seconds_without_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("m.json");
+    let child = noisegeom()
+        .args([
+            "measure",
+            "--config",
+            "configs/quickstart.toml",
+            "--at-init",
+            "--set",
+            "data.n_train=2000",
+            "--set",
+            "data.n_test=10",
+            "--probe-size",
+            "1000",
+            "--k",
+            "40",
+            "--out",
+            file.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM"
+    );
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        !file.exists(),
+        "a results file after an interrupted measure"
+    );
 }

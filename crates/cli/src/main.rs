@@ -9,12 +9,11 @@ mod cmd;
 mod env;
 mod malloc;
 mod progress;
+mod signals;
 mod sources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 
@@ -243,10 +242,33 @@ enum DataCommand {
     },
 }
 
+/// A command stopped by SIGINT or SIGTERM after saving what it could: the message says
+/// what, and the exit code is 128 + the signal (130, 143).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stopped(pub String);
+
+/// Writes one `error: …` line to stderr (newlines folded), the form of every error.
+pub fn error_line(message: &str) {
+    eprintln!("error: {}", message.replace('\n', " "));
+}
+
 fn main() -> ExitCode {
     malloc::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let on_signal = match &cli.command {
+        Command::Train { .. }
+        | Command::Figure { .. }
+        | Command::Sweep {
+            step: SweepStep::Run { .. },
+        } => signals::OnSignal::Checkpoint,
+        _ => signals::OnSignal::Exit,
+    };
+    if let Err(e) = signals::install(on_signal) {
+        error_line(&format!("cannot install the SIGINT/SIGTERM handlers: {e}"));
+        return ExitCode::from(2);
+    }
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
@@ -258,21 +280,39 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {l}"))
             .unwrap_or_default();
-        eprintln!(
-            "error: internal error{at}: {}; please report it",
-            msg.replace('\n', " ")
-        );
+        // A GPU failure (a refused allocation, a lost device) panics on cubecl's device
+        // thread (`DSU-…`, `DSD-…`), which catches it, logs a warning and goes on, leaving
+        // later kernels to read buffers never written. Nothing after it can be trusted:
+        // stop the process here, with the reason, before anything is written as if fine.
+        let thread = std::thread::current();
+        if thread
+            .name()
+            .is_some_and(|n| n.starts_with("DSU-") || n.starts_with("DSD-"))
+        {
+            let first = msg.lines().next().unwrap_or("").trim();
+            error_line(&format!(
+                "the GPU device failed{at}: {first}{}; stopped without writing results; use smaller sizes (train.batch_size, probe.size, --chunk) or --backend cpu",
+                backend::device_limits()
+            ));
+            std::process::exit(2);
+        }
+        error_line(&format!("internal error{at}: {msg}; please report it"));
     }));
-    match run(cli) {
-        Ok(out) => {
+    match (run(cli), signals::exit_code()) {
+        // A signal ends a command with its code even where the work got through.
+        (Ok(_), Some(code)) => {
+            error_line("interrupted (SIGINT or SIGTERM) after the work was done");
+            ExitCode::from(code)
+        }
+        (Ok(out), None) => {
             if !out.is_empty() {
                 println!("{out}");
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(2)
+        (Err(e), code) => {
+            error_line(&format!("{e:#}"));
+            ExitCode::from(code.unwrap_or(2))
         }
     }
 }
@@ -308,16 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             overrides,
             compute,
         } => {
-            let stop = Arc::new(AtomicBool::new(false));
-            // First Ctrl-C: checkpoint and exit cleanly. Second: exit at once.
-            signal_hook::flag::register_conditional_shutdown(
-                signal_hook::consts::SIGINT,
-                130,
-                stop.clone(),
-            )?;
-            signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-            signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-            let job = cmd::train::TrainJob::new(config, &overrides, resume, out, data, seed, stop)?;
+            let job = cmd::train::TrainJob::new(config, &overrides, resume, out, data, seed)?;
             dispatch(compute.backend, compute.precision, job)
         }
         Command::Data {

@@ -2,23 +2,18 @@
 //! for evaluations (so logs stay readable when stderr is not a terminal).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use noisegeom_train::{Eval, Observer, ProbeRecord};
 
 pub struct Progress {
     bar: ProgressBar,
-    stop: Arc<AtomicBool>,
 }
 
 impl Progress {
-    /// `stop` is set by the SIGINT handler.
-    pub fn new(stop: Arc<AtomicBool>) -> Self {
+    pub fn new() -> Self {
         Progress {
             bar: ProgressBar::hidden(),
-            stop,
         }
     }
 
@@ -91,9 +86,5 @@ impl Observer for Progress {
 
     fn checkpointed(&mut self, step: u64, path: &Path) {
         tracing::debug!("checkpoint at step {step}: {}", path.display());
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
     }
 }

@@ -10,6 +10,7 @@
 //! - [`synthetic`]: Gaussian linear-teacher regression (SPEC §5) and a CIFAR-shaped image task
 //!   labelled by a fixed random teacher network.
 //! - [`Sampler`]: minibatch indices as a pure function of `(seed, step)`.
+//! - [`stop`]: the process-wide stop request (SIGINT, SIGTERM) that long loops read.
 
 pub mod cifar10;
 mod config;
@@ -17,6 +18,7 @@ mod error;
 pub mod idx;
 mod rng;
 mod sampler;
+pub mod stop;
 pub mod synthetic;
 
 pub use config::{DataConfig, Prepared, Source};
@@ -137,15 +139,14 @@ impl Dataset {
         Ok(self.select(&self.subset_indices(n, seed, balanced)?))
     }
 
-    /// A probe set for the geometry metrics: `size` samples (at most all of them), drawn
-    /// class-balanced when every class has enough samples, else uniformly. Returns the set,
-    /// its indices in `self` and whether it is balanced.
+    /// A probe set for the geometry metrics: `size` samples (at most all of them; more is
+    /// an error), drawn class-balanced when every class has enough samples, else uniformly.
+    /// Returns the set, its indices in `self` and whether it is balanced.
     pub fn probe_subset(
         &self,
         size: usize,
         seed: u64,
     ) -> Result<(Dataset, Vec<usize>, bool), DataError> {
-        let size = size.min(self.len());
         let balanced = self
             .class_counts()
             .is_some_and(|c| c.iter().all(|&k| k >= size.div_ceil(c.len())));

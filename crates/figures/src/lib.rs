@@ -48,6 +48,15 @@ pub enum FigureError {
     Train(#[from] noisegeom_train::TrainError),
     #[error("{0}")]
     Io(String),
+    /// A stop request (SIGINT, SIGTERM) ended the work; finished jobs are kept.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl From<noisegeom_data::stop::Interrupted> for FigureError {
+    fn from(e: noisegeom_data::stop::Interrupted) -> Self {
+        FigureError::Interrupted(e.to_string())
+    }
 }
 
 /// Reads the config of figure `name`; with `quick`, the `[quick]` table's keys replace the

@@ -65,8 +65,8 @@ pub fn train_in<B: Backend>(
     let summary = match train::<Autodiff<B>>(opts, device, &mut Silent)? {
         Outcome::Finished(summary) => summary,
         Outcome::Interrupted { step, .. } => {
-            return Err(FigureError::Io(format!(
-                "training in {} stopped at step {step}; rerun the figure to continue it",
+            return Err(FigureError::Interrupted(format!(
+                "interrupted: training in {} checkpointed at step {step}; rerun the figure or shard to continue it",
                 dir.display()
             )));
         }

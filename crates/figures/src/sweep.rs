@@ -291,6 +291,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
         let mut report = ShardReport::default();
         for (k, &i) in mine.iter().enumerate() {
             let job = &plan[i];
+            noisegeom_data::stop::check()?;
             if self
                 .read_job(&job.id)
                 .is_ok_and(|doc| doc.backend == self.backend)

@@ -376,9 +376,10 @@ pub fn for_each_tile_pair<B: Backend>(
     }
     let chunk = chunk.clamp(1, group);
     let tile = tile.clamp(1, chunk);
-    let tiles_of = |range: Range<usize>| -> Vec<Tile<B>> {
+    let tiles_of = |range: Range<usize>| -> Result<Vec<Tile<B>>, GeometryError> {
         let mut tiles = Vec::new();
         for start in range.clone().step_by(chunk) {
+            noisegeom_data::stop::check()?;
             let b = chunk.min(range.end - start);
             let feats = chunk_features(ops, start, b, late_copies);
             for t0 in (0..b).step_by(tile) {
@@ -390,23 +391,27 @@ pub fn for_each_tile_pair<B: Backend>(
                 });
             }
         }
-        tiles
+        Ok(tiles)
     };
     let host = ops.host_products;
     let mut product_flops = 0.0;
-    let mut pair = |a: &Tile<B>, b: &Tile<B>| product_flops += visit_pair(a, b, c, host, visitor);
+    let mut pair = |a: &Tile<B>, b: &Tile<B>| -> Result<(), GeometryError> {
+        noisegeom_data::stop::check()?;
+        product_flops += visit_pair(a, b, c, host, visitor);
+        Ok(())
+    };
     for g0 in (0..n).step_by(group) {
-        let resident = tiles_of(g0..(g0 + group).min(n));
+        let resident = tiles_of(g0..(g0 + group).min(n))?;
         for (ti, a) in resident.iter().enumerate() {
             for b in &resident[ti..] {
-                pair(a, b);
+                pair(a, b)?;
             }
         }
         for h0 in (g0 + group..n).step_by(group) {
-            let streamed = tiles_of(h0..(h0 + group).min(n));
+            let streamed = tiles_of(h0..(h0 + group).min(n))?;
             for a in &resident {
                 for b in &streamed {
-                    pair(a, b);
+                    pair(a, b)?;
                 }
             }
         }

@@ -33,6 +33,10 @@ pub fn hutchinson<B: Backend>(ops: &ProbeOps<B>, samples: usize, seed: u64) -> S
     let (mut tg, mut gf, mut tsg, mut tmg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let grad = ops.grad();
     for _ in 0..samples.max(2) {
+        // After a stop request the estimate is discarded by the caller (`measure`, `track`).
+        if noisegeom_data::stop::requested() {
+            break;
+        }
         let z: Vec<f64> = (0..ops.p)
             .map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 })
             .collect();

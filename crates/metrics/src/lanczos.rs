@@ -5,6 +5,10 @@
 //! more product per reported pair (so it includes the rounding of the products themselves,
 //! which the Lanczos estimate β_m |y_m| does not see), next to that estimate; a pair is
 //! flagged unconverged when the explicit residual exceeds `tol · max|θ|`.
+//!
+//! A stop request ([`noisegeom_data::stop`]) ends a run after the current product; the
+//! entry points that call these functions ([`crate::measure()`], [`crate::track()`]) then
+//! return an interruption error, never the truncated result.
 
 use rand::RngExt;
 use rayon::prelude::*;
@@ -122,6 +126,9 @@ fn tridiagonalise(
     let mut scale = 0.0f64;
     let mut invariant = false;
     for j in 0..iters {
+        if j > 0 && noisegeom_data::stop::requested() {
+            break;
+        }
         let mut w = a(&q);
         let aj = dot(&w, &q);
         basis.push(q);
@@ -187,13 +194,18 @@ fn run(
             let estimate = (b_last * y[m - 1]).abs();
             let mut u = vec![0.0; dim];
             combine(&mut u, y, &t.basis, 1.0);
-            extra += 1;
-            let residual = a(&u)
-                .iter()
-                .zip(&u)
-                .map(|(x, v)| (x - value * v).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            // After a stop request no more products: the run is discarded by its caller.
+            let residual = if noisegeom_data::stop::requested() {
+                f64::NAN
+            } else {
+                extra += 1;
+                a(&u)
+                    .iter()
+                    .zip(&u)
+                    .map(|(x, v)| (x - value * v).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            };
             Ritz {
                 value,
                 residual,
@@ -241,6 +253,9 @@ pub fn slq(
     let mut nodes = Vec::with_capacity(runs);
     let mut iterations = 0;
     for _ in 0..runs {
+        if noisegeom_data::stop::requested() {
+            break;
+        }
         let start: Vec<f64> = (0..dim)
             .map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 })
             .collect();

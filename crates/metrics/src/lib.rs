@@ -42,4 +42,6 @@ pub enum GeometryError {
     Input(String),
     #[error("{0}")]
     Budget(String),
+    #[error(transparent)]
+    Interrupted(#[from] noisegeom_data::stop::Interrupted),
 }

@@ -294,6 +294,8 @@ pub fn measure<B: Backend>(
         }
         seconds.push(("slq".into(), t.elapsed().as_secs_f64()));
     }
+    // A loop that saw a stop request returned early: report the interruption, not that.
+    noisegeom_data::stop::check()?;
     m.seconds = seconds;
     Ok(m)
 }

@@ -146,6 +146,7 @@ impl<B: Backend> ProbeOps<B> {
             .into_iter()
             .map(|g| g / n as f64)
             .collect();
+        noisegeom_data::stop::check()?;
         Ok(ops)
     }
 
@@ -274,10 +275,22 @@ impl<B: Backend> ProbeOps<B> {
         &self.grad
     }
 
+    /// The probe set's chunks, `(start, len)`. After a stop request
+    /// ([`noisegeom_data::stop`]) no more: a product then covers part of the probe set (an
+    /// output-space one is padded with zeros to its length, see [`Self::full`]), and the
+    /// entry points ([`crate::measure()`], [`crate::track()`], [`Self::new`]) return an
+    /// interruption error instead of anything computed from it.
     fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.n)
             .step_by(self.chunk)
+            .take_while(|_| !noisegeom_data::stop::requested())
             .map(|s| (s, self.chunk.min(self.n - s)))
+    }
+
+    /// An output-space vector cut short by a stop request, padded to its length n·c.
+    fn full(&self, mut v: Vec<f64>) -> Vec<f64> {
+        v.resize(self.n * self.c, 0.0);
+        v
     }
 
     fn compute_residuals(&self) -> Vec<f64> {
@@ -286,7 +299,7 @@ impl<B: Backend> ProbeOps<B> {
             let f = self.net.forward(self.x.clone().narrow(0, s, len));
             out.extend(to_host(f - self.y.clone().narrow(0, s, len)));
         }
-        out
+        self.full(out)
     }
 
     /// The network outputs f(x), sample-major.
@@ -295,7 +308,7 @@ impl<B: Backend> ProbeOps<B> {
         for (s, len) in self.chunks() {
             out.extend(to_host(self.net.forward(self.x.clone().narrow(0, s, len))));
         }
-        out
+        self.full(out)
     }
 
     /// Jᵀw for w ∈ R^{n·c} (no 1/n).
@@ -350,7 +363,7 @@ impl<B: Backend> ProbeOps<B> {
                 }
             }
         }
-        out
+        out.into_iter().map(|v| self.full(v)).collect()
     }
 
     /// Jv by the double-VJP trick through nested autodiff (exact): the route that needs no
@@ -375,7 +388,7 @@ impl<B: Backend> ProbeOps<B> {
                 .unwrap_or_else(|| Tensor::zeros([len, self.c], &self.device));
             out.extend(to_host(jv));
         }
-        out
+        self.full(out)
     }
 
     /// Gv = Jᵀ(Jv)/n: the gradient of (1/n) Σ_i f_i·stop(J_i v), one pass per chunk

@@ -137,5 +137,7 @@ pub fn track<B: burn::tensor::backend::Backend>(
         t.lambda_max_h = h.top.first().map(|r| r.value);
         t.lambda_max_h_residual = h.top.first().map(|r| r.residual);
     }
+    // A loop that saw a stop request returned early: report the interruption, not that.
+    noisegeom_data::stop::check()?;
     Ok(t)
 }

@@ -25,6 +25,12 @@ pub struct Checkpoint {
     pub momentum: Option<Vec<f64>>,
     /// Length of `metrics.jsonl` when the checkpoint was taken.
     pub log_bytes: u64,
+    /// The training losses summed since the last logged step, and how many: the logged loss
+    /// averages this window, so a run resumed between log steps continues the same sum.
+    pub loss_window: (f64, u64),
+    /// The probe due at `step` was interrupted by a stop request: a resumed run takes it
+    /// first.
+    pub probe_pending: bool,
     pub arch: Arch,
 }
 
@@ -34,6 +40,14 @@ struct Header {
     num_params: usize,
     has_momentum: bool,
     log_bytes: u64,
+    /// [`Checkpoint::loss_window`]'s sum as its bits (exact through JSON), and its count;
+    /// absent in checkpoints written before they were recorded (an empty window).
+    #[serde(default)]
+    window_sum_bits: u64,
+    #[serde(default)]
+    window_steps: u64,
+    #[serde(default)]
+    probe_pending: bool,
     checksum: u64,
     arch: Arch,
 }
@@ -67,6 +81,9 @@ impl Checkpoint {
             num_params: self.params.len(),
             has_momentum: self.momentum.is_some(),
             log_bytes: self.log_bytes,
+            window_sum_bits: self.loss_window.0.to_bits(),
+            window_steps: self.loss_window.1,
+            probe_pending: self.probe_pending,
             checksum: fnv(&payload),
             arch: self.arch.clone(),
         })
@@ -114,6 +131,8 @@ impl Checkpoint {
             params: params.to_vec(),
             momentum: header.has_momentum.then(|| rest.to_vec()),
             log_bytes: header.log_bytes,
+            loss_window: (f64::from_bits(header.window_sum_bits), header.window_steps),
+            probe_pending: header.probe_pending,
             arch: header.arch,
         })
     }
@@ -157,6 +176,8 @@ mod tests {
             params: vec![1.5, -2.0, 1e-300],
             momentum: Some(vec![0.0, 0.25, 3.0]),
             log_bytes: 99,
+            loss_window: (0.1 + 0.2, 3),
+            probe_pending: true,
             arch: Arch {
                 input_shape: vec![3],
                 stages: vec![Stage::Dense {

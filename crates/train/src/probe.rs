@@ -50,6 +50,27 @@ impl Probe {
         seed: u64,
         phase_ends: Vec<u64>,
     ) -> Result<Probe, TrainError> {
+        if settings.size > train.len() {
+            return Err(TrainError::Config {
+                path: "probe.size".into(),
+                message: format!(
+                    "{} exceeds the {} samples of the training set ({}), of which the probe set is a subset; lower it",
+                    settings.size,
+                    train.len(),
+                    train.provenance.name
+                ),
+            });
+        }
+        let (p, nc) = (arch.num_params(), settings.size * arch.outputs());
+        if settings.lanczos_iters > p || settings.k > p.min(nc) {
+            return Err(TrainError::Config {
+                path: "probe.k, probe.lanczos_iters".into(),
+                message: format!(
+                    "k = {} and lanczos_iters = {}: k can be at most G's rank bound min(p, n·c) = min({p}, {nc}), and Lanczos takes at most p = {p} steps; lower them",
+                    settings.k, settings.lanczos_iters
+                ),
+            });
+        }
         let (set, indices, balanced) =
             train.probe_subset(settings.size, seed ^ settings.seed.rotate_left(17) ^ 0x9e0b)?;
         Ok(Probe {

@@ -7,7 +7,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use noisegeom_data::{Prepared, Sampler};
+use noisegeom_data::{Prepared, Sampler, stop};
 use noisegeom_models::{
     DeviceSet, FlatSource, Net, RandomInit, TrainOps, autodiff_lock, flatten, mse,
 };
@@ -42,7 +42,8 @@ pub trait Observer {
     fn evaluated(&mut self, _eval: &Eval) {}
     fn probed(&mut self, _probe: &ProbeRecord) {}
     fn checkpointed(&mut self, _step: u64, _path: &Path) {}
-    /// Polled after every step; `true` makes the trainer checkpoint and return.
+    /// Polled after every step, with the process-wide request of
+    /// [`noisegeom_data::stop`]; `true` makes the trainer checkpoint and return.
     fn stop_requested(&self) -> bool {
         false
     }
@@ -192,14 +193,15 @@ pub fn train<B: AutodiffBackend>(
 
     let train_set = DeviceSet::<B::InnerBackend>::new(&prepared.train, device);
     let test_set = DeviceSet::<B::InnerBackend>::new(&prepared.test, device);
-    let eval_train = {
+    let eval_subset = {
         let k = n_train.min(TRAIN_EVAL_SAMPLES);
         let idx = prepared
             .train
             .subset_indices(k, cfg.seed ^ 0xe7a1, false)
             .expect("k ≤ n");
-        DeviceSet::<B::InnerBackend>::new(&prepared.train.select(&idx), device)
+        prepared.train.select(&idx)
     };
+    let eval_train = DeviceSet::<B::InnerBackend>::new(&eval_subset, device);
 
     let sgd_cfg = SgdConfig {
         momentum: cfg.train.momentum,
@@ -211,7 +213,7 @@ pub fn train<B: AutodiffBackend>(
         .iter()
         .map(|(_, s)| s.iter().product())
         .collect();
-    let (mut model, mut sgd, start, log_keep) = match &resume_from {
+    let (mut model, mut sgd, start, log_keep, mut window, mut probe_pending) = match &resume_from {
         Some((_, ck)) => {
             if ck.arch != arch {
                 return Err(TrainError::Config {
@@ -224,7 +226,14 @@ pub fn train<B: AutodiffBackend>(
                 Some(m) => Sgd::with_state(sgd_cfg, m, &sizes, device),
                 None => Sgd::new(sgd_cfg),
             };
-            (model, sgd, ck.step, Some(ck.log_bytes))
+            (
+                model,
+                sgd,
+                ck.step,
+                Some(ck.log_bytes),
+                ck.loss_window,
+                ck.probe_pending,
+            )
         }
         None => {
             let model = Net::<B>::build(
@@ -236,6 +245,9 @@ pub fn train<B: AutodiffBackend>(
                 Sgd::new(sgd_cfg),
                 0,
                 if opts.resume { Some(0) } else { None },
+                (0.0, 0),
+                // The probe of step 0.
+                true,
             )
         }
     };
@@ -249,8 +261,9 @@ pub fn train<B: AutodiffBackend>(
     let t = &cfg.train;
     let ckpt_every = t.checkpoint_every.unwrap_or(t.eval_every);
     let mut sampler = Sampler::new(n_train, t.batch_size, t.sampling, cfg.seed);
+    let fresh_log = resume_from.is_none();
     let mut last_ckpt: Option<PathBuf> = resume_from.map(|(p, _)| p);
-    if start == 0 {
+    if fresh_log {
         log.write(&json!({
             "kind": "start",
             "total_steps": total,
@@ -290,15 +303,29 @@ pub fn train<B: AutodiffBackend>(
         Ok(())
     };
     observer.started(start, total);
-    if start == 0
-        && let Some(p) = probe.as_mut()
-    {
-        run_probe(p, &model.valid(), 0, t.lr.lr(0), &mut log, observer)?;
+    let stop_requested = |observer: &dyn Observer| observer.stop_requested() || stop::requested();
+    // The probe of step 0, or one a stop interrupted before the checkpoint resumed from.
+    if let Some(p) = probe.as_mut().filter(|_| probe_pending) {
+        let lr = t.lr.lr(start.saturating_sub(1));
+        probe_pending = interrupted(run_probe(p, &model.valid(), start, lr, &mut log, observer))?;
+        if probe_pending {
+            let state = Resumable {
+                model: &model,
+                sgd: &sgd,
+                loss_window: window,
+                probe_pending,
+            };
+            let path = state.save(&ckpt_dir, &mut log, &log_path, start, &arch)?;
+            observer.checkpointed(start, &path);
+            return Ok(Outcome::Interrupted {
+                step: start,
+                checkpoint: path,
+            });
+        }
     }
 
     let mut train_ops = TrainOps::for_device::<B>(device);
     let (mut train_s, mut eval_s, mut ckpt_s) = (0.0, 0.0, 0.0);
-    let mut window = (0.0f64, 0u64);
     let mut final_eval = None;
     for step in start..total {
         let t0 = Instant::now();
@@ -384,25 +411,19 @@ pub fn train<B: AutodiffBackend>(
             final_eval = Some(eval);
         }
         if let Some(p) = probe.as_mut().filter(|p| p.due(done, total)) {
-            run_probe(p, &model.valid(), done, lr, &mut log, observer)?;
+            probe_pending =
+                interrupted(run_probe(p, &model.valid(), done, lr, &mut log, observer))?;
         }
-        let stop = observer.stop_requested();
+        let stop = stop_requested(observer);
         if done % ckpt_every == 0 || done == total || stop {
             let t2 = Instant::now();
-            let path = ckpt_dir.join(checkpoint::file_name(done));
-            // The event goes in first, so the log a checkpoint restores includes it.
-            log.write(&json!({"kind": "checkpoint", "step": done}))
-                .map_err(log_err)?;
-            let log_bytes = log.sync().map_err(log_err)?;
-            Checkpoint {
-                step: done,
-                params: flatten(&model),
-                momentum: sgd.state(),
-                log_bytes,
-                arch: arch.clone(),
-            }
-            .save(&path)
-            .map_err(io(&path))?;
+            let state = Resumable {
+                model: &model,
+                sgd: &sgd,
+                loss_window: window,
+                probe_pending,
+            };
+            let path = state.save(&ckpt_dir, &mut log, &log_path, done, &arch)?;
             prune(&ckpt_dir, t.keep_checkpoints);
             ckpt_s += t2.elapsed().as_secs_f64();
             observer.checkpointed(done, &path);
@@ -459,6 +480,63 @@ pub fn train<B: AutodiffBackend>(
     )
     .map_err(io(&dir.join("summary.json")))?;
     Ok(Outcome::Finished(summary))
+}
+
+/// What a checkpoint holds besides the step and the log's length.
+struct Resumable<'a, B: AutodiffBackend> {
+    model: &'a Net<B>,
+    sgd: &'a Sgd<B::InnerBackend>,
+    /// The losses summed since the last log line, and how many.
+    loss_window: (f64, u64),
+    probe_pending: bool,
+}
+
+impl<B: AutodiffBackend> Resumable<'_, B> {
+    /// Writes the checkpoint after `step` steps: first its event in the log (so the log a
+    /// checkpoint restores includes it), then θ, the momentum, the log's length, the open
+    /// loss window and whether a probe is pending.
+    fn save(
+        &self,
+        dir: &Path,
+        log: &mut JsonLog,
+        log_path: &Path,
+        step: u64,
+        arch: &noisegeom_models::Arch,
+    ) -> Result<PathBuf, TrainError> {
+        let log_err = |source| TrainError::Io {
+            path: log_path.to_path_buf(),
+            source,
+        };
+        log.write(&json!({"kind": "checkpoint", "step": step}))
+            .map_err(log_err)?;
+        let log_bytes = log.sync().map_err(log_err)?;
+        let path = dir.join(checkpoint::file_name(step));
+        Checkpoint {
+            step,
+            params: flatten(self.model),
+            momentum: self.sgd.state(),
+            log_bytes,
+            loss_window: self.loss_window,
+            probe_pending: self.probe_pending,
+            arch: arch.clone(),
+        }
+        .save(&path)
+        .map_err(|source| TrainError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+}
+
+/// `Ok(true)` when a probe was interrupted by a stop request (it logged nothing; the
+/// checkpoint that follows says it is pending), `Ok(false)` when it ran.
+fn interrupted(probe: Result<(), TrainError>) -> Result<bool, TrainError> {
+    match probe {
+        Ok(()) => Ok(false),
+        Err(TrainError::Geometry(noisegeom_metrics::GeometryError::Interrupted(_))) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Mean softmax cross-entropy against one-hot rows.

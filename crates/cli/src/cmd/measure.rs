@@ -137,6 +137,13 @@ impl ProbeSource {
             self.data.as_deref(),
             device,
         )?;
+        let available = prepared.train.len();
+        anyhow::ensure!(
+            (1..=available).contains(&self.probe_size),
+            "--probe-size {}: the probe set is a subset of the {available} training samples of {}; give 1 to {available}",
+            self.probe_size,
+            prepared.train.provenance.name
+        );
         let (probe, indices, balanced) = prepared
             .train
             .probe_subset(self.probe_size, self.probe_seed)?;
@@ -162,6 +169,11 @@ impl Job for MeasureJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
         let (src, probe, indices, balanced) = self.source.load::<B>(&device)?;
+        let (opt, clamped) =
+            self.options(probe.len(), src.arch.outputs(), src.arch.num_params())?;
+        for note in &clamped {
+            tracing::warn!("{note}");
+        }
         let ops = ProbeOps::<B::InnerBackend>::from_dataset(
             src.arch.clone(),
             &src.theta,
@@ -169,21 +181,6 @@ impl Job for MeasureJob {
             self.chunk,
             &device,
         )?;
-        let opt = MeasureOptions {
-            mu: self.what.contains(&What::Mu),
-            directional: self.what.contains(&What::Directional),
-            spectrum: self.what.contains(&What::Spectrum),
-            density: self.what.contains(&What::Density),
-            k: self.k,
-            lanczos_iters: self.iters,
-            method: self.method,
-            hutchinson_samples: self.hutchinson_samples,
-            gram_max_bytes: (self.max_gram_gb * 1e9) as usize,
-            chunk: self.chunk,
-            seed: self.source.probe_seed,
-            hessian: !self.no_hessian,
-            ..MeasureOptions::default()
-        };
         tracing::info!(
             "measuring at {} over {} probe samples (p = {}) on {backend}",
             src.at,
@@ -204,6 +201,7 @@ impl Job for MeasureJob {
             "model": src.config.model,
             "loss_convention": "L = 1/(2n) sum_i ||f(x_i) - y_i||^2, summed over outputs; targets one-hot for classes",
             "options": opt,
+            "clamped": clamped,
             "measurement": m,
         });
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -217,6 +215,72 @@ impl Job for MeasureJob {
             summary(&m, &src.at, &probe, balanced),
             out.display()
         ))
+    }
+}
+
+impl MeasureJob {
+    /// The options, every size checked against the problem (n probe samples, c outputs,
+    /// p parameters) before any work: a value out of range is a one-line error naming the
+    /// flag, the value, the bound and why. A k above G's rank bound min(p, nc) is clamped to
+    /// it (the whole spectrum is what such a k asks for), and the note says so.
+    fn options(
+        &self,
+        n: usize,
+        c: usize,
+        p: usize,
+    ) -> anyhow::Result<(MeasureOptions, Vec<String>)> {
+        let spectrum = self.what.contains(&What::Spectrum);
+        let mut clamped = Vec::new();
+        anyhow::ensure!(
+            self.chunk >= 1,
+            "--chunk 0: give the samples per forward pass, at least 1"
+        );
+        anyhow::ensure!(
+            self.max_gram_gb.is_finite() && self.max_gram_gb > 0.0,
+            "--max-gram-gb {}: give a positive number of GB",
+            self.max_gram_gb
+        );
+        anyhow::ensure!(
+            self.hutchinson_samples >= 2,
+            "--hutchinson-samples {}: the standard errors need at least 2 draws",
+            self.hutchinson_samples
+        );
+        let mut k = self.k;
+        if spectrum {
+            anyhow::ensure!(
+                k >= 1,
+                "--k 0: ask for at least one eigenpair, or leave `spectrum` out of --what"
+            );
+            let rank = p.min(n * c);
+            if k > rank {
+                clamped.push(format!(
+                    "--k {k} exceeds G's rank bound min(p, nc) = min({p}, {n}·{c}) = {rank}: measuring the top {rank} (the whole nonzero spectrum of G)"
+                ));
+                k = rank;
+            }
+            if let Some(iters) = self.iters {
+                anyhow::ensure!(
+                    (k..=p).contains(&iters),
+                    "--lanczos-iters {iters}: Lanczos needs at least k = {k} steps for k pairs and at most p = {p} (the operator's dimension)"
+                );
+            }
+        }
+        let opt = MeasureOptions {
+            mu: self.what.contains(&What::Mu),
+            directional: self.what.contains(&What::Directional),
+            spectrum,
+            density: self.what.contains(&What::Density),
+            k,
+            lanczos_iters: self.iters,
+            method: self.method,
+            hutchinson_samples: self.hutchinson_samples,
+            gram_max_bytes: (self.max_gram_gb * 1e9) as usize,
+            chunk: self.chunk,
+            seed: self.source.probe_seed,
+            hessian: !self.no_hessian,
+            ..MeasureOptions::default()
+        };
+        Ok((opt, clamped))
     }
 }
 

@@ -1,8 +1,6 @@
 //! `noisegeom train`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
@@ -17,7 +15,6 @@ pub struct TrainJob {
     pub dir: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub resume: bool,
-    pub stop: Arc<AtomicBool>,
 }
 
 impl TrainJob {
@@ -29,7 +26,6 @@ impl TrainJob {
         out: Option<PathBuf>,
         data_dir: Option<PathBuf>,
         seed: Option<u64>,
-        stop: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let (mut cfg, dir, resume) = match (config, resume) {
             (_, Some(dir)) => {
@@ -70,7 +66,6 @@ impl TrainJob {
             dir,
             data_dir,
             resume,
-            stop,
         })
     }
 }
@@ -83,7 +78,7 @@ impl Job for TrainJob {
         let env = env_info(backend, self.config.seed, &command);
         let dir = self.dir.clone();
         tracing::info!("run directory {} on {backend}", dir.display());
-        let mut progress = Progress::new(self.stop);
+        let mut progress = Progress::new();
         let outcome = train::<B>(
             RunOptions {
                 config: self.config,
@@ -126,11 +121,12 @@ impl Job for TrainJob {
                     dir.display()
                 ))
             }
-            Outcome::Interrupted { step, checkpoint } => Ok(format!(
+            Outcome::Interrupted { step, checkpoint } => Err(crate::Stopped(format!(
                 "interrupted after step {step}; checkpoint {}; continue with `noisegeom train --resume {}`",
                 checkpoint.display(),
                 dir.display()
-            )),
+            ))
+            .into()),
         }
     }
 }
