@@ -75,13 +75,48 @@ pub fn dispatch<J: Job>(
     }
 }
 
+/// The wgpu device's largest buffer and largest storage binding, in bytes, once the device
+/// is set up: a failed allocation's message names them.
+#[cfg(feature = "wgpu")]
+static WGPU_LIMITS: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// What a device-thread panic message should add about the device's limits.
+pub fn device_limits() -> String {
+    #[cfg(feature = "wgpu")]
+    if let Some((buffer, binding)) = WGPU_LIMITS.get() {
+        return format!(
+            "; the device's largest buffer is {buffer} bytes and its largest storage binding {binding} bytes"
+        );
+    }
+    String::new()
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu_run<J: Job>(job: J) -> anyhow::Result<J::Output> {
     use burn::backend::Wgpu;
-    use burn::backend::wgpu::WgpuDevice;
+    use burn::backend::wgpu::graphics::AutoGraphicsApi;
+    use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, init_setup};
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     let adapter = first_adapter()?;
-    tracing::info!("wgpu adapter: {adapter}");
-    job.run::<Autodiff<Wgpu>>(WgpuDevice::DefaultDevice, &format!("wgpu ({adapter}, f32)"))
+    let device = WgpuDevice::DefaultDevice;
+    if WGPU_LIMITS.get().is_none() {
+        // burn 0.21 gives every OS thread that touches a GPU tensor its own stream and
+        // memory pool and never frees a finished thread's (tracel-ai/burn#4792): one stream.
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        config.streaming.max_streams = 1;
+        CubeClRuntimeConfig::set(config);
+        // cubecl asks the adapter for its own limits (not wgpu's defaults); read them back.
+        let setup = init_setup::<AutoGraphicsApi>(&device, RuntimeOptions::default());
+        let l = setup.device.limits();
+        let limits = (l.max_buffer_size, l.max_storage_buffer_binding_size);
+        let _ = WGPU_LIMITS.set(limits);
+        tracing::info!(
+            "wgpu adapter: {adapter}; largest buffer {} MB, largest storage binding {} MB",
+            limits.0 >> 20,
+            limits.1 >> 20
+        );
+    }
+    job.run::<Autodiff<Wgpu>>(device, &format!("wgpu ({adapter}, f32)"))
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -1,53 +1,67 @@
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use noisegeom_data::{Dataset, Targets};
 
-/// A dataset moved onto a device once: inputs `[n, d]`, regression targets `[n, c]`
-/// (one-hot rows for classes), and the class labels on the host for accuracy.
+/// A dataset kept in host memory whose rows go to the device as they are used: a minibatch,
+/// or a chunk of an evaluation. Nothing of the size of the whole set is ever allocated on
+/// the device, so any dataset trains on any device (CIFAR-10's 614 MB training set does not
+/// fit one buffer of many GPUs; Fashion-MNIST's 188 MB did not fit lavapipe's). A batch is
+/// gathered on the host and uploaded in one transfer.
 #[derive(Clone, Debug)]
-pub struct DeviceSet<B: Backend> {
-    pub x: Tensor<B, 2>,
-    pub y: Tensor<B, 2>,
-    pub labels: Option<Vec<u8>>,
+pub struct DeviceSet<'a, B: Backend> {
+    /// Inputs `[n, d]` and regression targets `[n, c]` (one-hot rows for classes), row-major.
+    x: &'a [f32],
+    y: Vec<f32>,
+    d: usize,
+    c: usize,
+    /// The class labels, for accuracy.
+    pub labels: Option<&'a [u8]>,
+    device: B::Device,
 }
 
-impl<B: Backend> DeviceSet<B> {
-    pub fn new(ds: &Dataset, device: &B::Device) -> Self {
-        let (n, d, c) = (ds.len(), ds.input_dim(), ds.num_outputs());
-        let x = Tensor::from_data(TensorData::new(ds.inputs.clone(), [n, d]), device);
-        let y = Tensor::from_data(TensorData::new(ds.target_matrix(), [n, c]), device);
+impl<'a, B: Backend> DeviceSet<'a, B> {
+    pub fn new(ds: &'a Dataset, device: &B::Device) -> Self {
         let labels = match &ds.targets {
-            Targets::Classes { labels, .. } => Some(labels.clone()),
+            Targets::Classes { labels, .. } => Some(labels.as_slice()),
             Targets::Regression { .. } => None,
         };
-        DeviceSet { x, y, labels }
+        DeviceSet {
+            x: &ds.inputs,
+            y: ds.target_matrix(),
+            d: ds.input_dim(),
+            c: ds.num_outputs(),
+            labels,
+            device: device.clone(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.x.dims()[0]
+        self.x.len() / self.d.max(1)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Rows `idx` of inputs and targets, gathered on the device.
+    /// Rows `idx` of inputs and targets, gathered on the host and uploaded.
     pub fn rows(&self, idx: &[usize]) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let device = self.x.device();
-        let i: Vec<i64> = idx.iter().map(|&v| v as i64).collect();
-        let it = Tensor::<B, 1, Int>::from_data(TensorData::new(i, [idx.len()]), &device);
-        (
-            self.x.clone().select(0, it.clone()),
-            self.y.clone().select(0, it),
-        )
+        let gather = |m: &[f32], w: usize| -> Tensor<B, 2> {
+            let mut out = Vec::with_capacity(idx.len() * w);
+            for &i in idx {
+                out.extend_from_slice(&m[i * w..(i + 1) * w]);
+            }
+            Tensor::from_data(TensorData::new(out, [idx.len(), w]), &self.device)
+        };
+        (gather(self.x, self.d), gather(&self.y, self.c))
     }
 
     /// The contiguous rows `start..start + len`.
     pub fn range(&self, start: usize, len: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        (
-            self.x.clone().narrow(0, start, len),
-            self.y.clone().narrow(0, start, len),
-        )
+        let slice = |m: &[f32], w: usize| -> Tensor<B, 2> {
+            let rows = m[start * w..(start + len) * w].to_vec();
+            Tensor::from_data(TensorData::new(rows, [len, w]), &self.device)
+        };
+        (slice(self.x, self.d), slice(&self.y, self.c))
     }
 }
 
