@@ -46,6 +46,39 @@ pub struct Fig6Config {
     /// Noise geometry during training, the same probe set for every run.
     pub probe: ProbeSettings,
     pub runs: Vec<Fig6Run>,
+    /// The plots' horizontal axis: `epoch` (runs of equal epochs) or `step` (runs of equal
+    /// steps, such as GD against SGD for the same number of updates).
+    #[serde(default, skip_serializing_if = "XAxis::is_epoch")]
+    pub x_axis: XAxis,
+}
+
+/// [`Fig6Config::x_axis`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XAxis {
+    #[default]
+    Epoch,
+    Step,
+}
+
+impl XAxis {
+    fn is_epoch(&self) -> bool {
+        *self == XAxis::Epoch
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            XAxis::Epoch => "epoch",
+            XAxis::Step => "step",
+        }
+    }
+
+    fn of(self, step: u64, epoch: f64) -> f64 {
+        match self {
+            XAxis::Epoch => epoch,
+            XAxis::Step => step as f64,
+        }
+    }
 }
 
 /// One probe event of a run.
@@ -263,9 +296,10 @@ impl Figure for Fig6 {
         out: &Output,
     ) -> Result<(Value, String), FigureError> {
         type Pick = fn(&ProbePoint) -> Option<f64>;
+        let x = cfg.x_axis;
         let probe_panel = |title: &str, y: &str, pick: Pick, y_log: bool| Panel {
             title: title.into(),
-            x_label: "epoch".into(),
+            x_label: x.label().into(),
             y_label: y.into(),
             y_log,
             series: parts
@@ -275,7 +309,7 @@ impl Figure for Fig6 {
                         p.label.clone(),
                         p.probes
                             .iter()
-                            .filter_map(|q| pick(q).map(|v| (q.epoch, v)))
+                            .filter_map(|q| pick(q).map(|v| (x.of(q.step, q.epoch), v)))
                             .collect(),
                     )
                 })
@@ -294,7 +328,7 @@ impl Figure for Fig6 {
         ];
         panels.push(Panel {
             title: "test accuracy".into(),
-            x_label: "epoch".into(),
+            x_label: x.label().into(),
             y_label: "accuracy".into(),
             series: parts
                 .iter()
@@ -303,7 +337,7 @@ impl Figure for Fig6 {
                         p.label.clone(),
                         p.evals
                             .iter()
-                            .filter_map(|e| e.test_accuracy.map(|a| (e.epoch, a)))
+                            .filter_map(|e| e.test_accuracy.map(|a| (x.of(e.step, e.epoch), a)))
                             .collect(),
                     )
                 })
