@@ -169,6 +169,9 @@ enum Command {
         /// Timed repeats after the warm-up (the median is reported).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Probe samples of the geometry workloads (smaller for a slow device).
+        #[arg(long, default_value_t = cmd::bench::GEOMETRY_N)]
+        probe_size: usize,
         /// Also write the timings as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -439,8 +442,13 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             precision,
             workloads,
             repeats,
+            probe_size,
             json,
         } => {
+            anyhow::ensure!(
+                probe_size >= 1,
+                "--probe-size 0: the geometry workloads need at least one probe sample"
+            );
             let workloads = if workloads.is_empty() {
                 cmd::bench::WORKLOADS
                     .iter()
@@ -454,6 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 let job = cmd::bench::BenchJob {
                     workloads: workloads.clone(),
                     repeats: repeats.max(1),
+                    probe_size,
                 };
                 all.extend(dispatch(*b, precision, job)?);
             }

@@ -65,6 +65,8 @@ fn peak_rss_mb() -> Option<f64> {
 pub struct BenchJob {
     pub workloads: Vec<String>,
     pub repeats: usize,
+    /// Probe samples of the geometry workloads (default [`GEOMETRY_N`]).
+    pub probe_size: usize,
 }
 
 pub const WORKLOADS: &[&str] = &[
@@ -176,7 +178,7 @@ impl BenchJob {
                 return Ok(Timing::new(w, backend, warm, &times, flop / 1e9, "GFLOP/s"));
             }
             if !w.starts_with("train-") {
-                return geometry::<B>(w, &device, backend, self.repeats);
+                return geometry::<B>(w, &device, backend, self.repeats, self.probe_size);
             }
             let batch = 128;
             let (cfg, shape) = model_for(w);
@@ -260,6 +262,7 @@ fn geometry<B: AutodiffBackend>(
     device: &B::Device,
     backend: &str,
     repeats: usize,
+    probe_size: usize,
 ) -> anyhow::Result<Timing> {
     use noisegeom_metrics::alignment::{exact_alignment, exact_alignment_streamed_work};
     use noisegeom_metrics::gram::{FeatureBudget, TILE, gram};
@@ -270,7 +273,7 @@ fn geometry<B: AutodiffBackend>(
     let net =
         Net::<B::InnerBackend>::build(arch.clone(), &mut RandomInit::new(device, cfg.init(), 0))?;
     let theta = noisegeom_models::flatten(&net);
-    let n = if heavy { 4096 } else { GEOMETRY_N };
+    let n = if heavy { 4096 } else { probe_size };
     // The CNN's activations over c copies of a chunk are larger than its features: smaller
     // chunks bound them.
     let chunk = if heavy { 128 } else { n };
