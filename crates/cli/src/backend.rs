@@ -1,9 +1,9 @@
 //! `--backend` and `--precision`: the only place that names concrete burn backends.
-//! Everything below the CLI is generic over `B: Backend`.
+//! Everything below the CLI is generic over `B: Kernels`.
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
+use noisegeom_kernels::AutodiffKernels;
 
 /// Which burn backend runs the job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,7 +26,7 @@ pub enum Precision {
 /// A job that runs on any autodiff backend.
 pub trait Job {
     type Output;
-    fn run<B: AutodiffBackend>(
+    fn run<B: AutodiffKernels>(
         self,
         device: B::Device,
         backend: &str,

@@ -70,42 +70,7 @@ enum Command {
     /// μ, g(θ, v), top-k eigenpairs of G and H with noise energy α_k, spectral densities.
     Measure {
         #[command(flatten)]
-        source: cmd::measure::ProbeSource,
-        /// What to compute.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "mu,directional,spectrum"
-        )]
-        what: Vec<cmd::measure::What>,
-        /// Eigenpairs to report.
-        #[arg(long, default_value_t = 10)]
-        k: usize,
-        /// Lanczos steps (default 2k + 20).
-        #[arg(long)]
-        lanczos_iters: Option<usize>,
-        /// exact (Gram), stochastic (Hutchinson), or auto (exact when the Gram's features fit
-        /// --max-gram-gb, else Hutchinson). With exact, μ alone never stores K and recomputes
-        /// the features group by group past the budget (slower, same numbers).
-        #[arg(long, value_enum, default_value = "auto")]
-        method: MethodArg,
-        /// Rademacher draws for the stochastic estimators.
-        #[arg(long, default_value_t = 64)]
-        hutchinson_samples: usize,
-        /// Skip the Hessian (its Lanczos costs about twice G's).
-        #[arg(long)]
-        no_hessian: bool,
-        /// Samples per forward pass (bounds memory).
-        #[arg(long, default_value_t = 256)]
-        chunk: usize,
-        /// Memory budget for the exact Gram's per-sample features, in GB (K itself is stored
-        /// only for the exact spectrum).
-        #[arg(long, default_value_t = 4.0)]
-        max_gram_gb: f64,
-        /// Results file (default: RUN_DIR/measure-step-N.json, or measure-<model>-init.json).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
+        job: cmd::measure::MeasureJob,
         #[command(flatten)]
         compute: Compute,
     },
@@ -226,14 +191,6 @@ enum SweepStep {
         #[command(flatten)]
         target: cmd::figure::Target,
     },
-}
-
-/// `--method` of `measure`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum MethodArg {
-    Auto,
-    Exact,
-    Stochastic,
 }
 
 #[derive(Subcommand, Debug)]
@@ -401,37 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             });
             dispatch(backend, precision, job)
         }
-        Command::Measure {
-            source,
-            what,
-            k,
-            lanczos_iters,
-            method,
-            hutchinson_samples,
-            no_hessian,
-            chunk,
-            max_gram_gb,
-            out,
-            compute,
-        } => {
-            let job = cmd::measure::MeasureJob {
-                source,
-                what,
-                k,
-                iters: lanczos_iters,
-                method: match method {
-                    MethodArg::Auto => noisegeom_metrics::Method::Auto,
-                    MethodArg::Exact => noisegeom_metrics::Method::Exact,
-                    MethodArg::Stochastic => noisegeom_metrics::Method::Stochastic,
-                },
-                hutchinson_samples,
-                no_hessian,
-                chunk,
-                max_gram_gb,
-                out,
-            };
-            dispatch(compute.backend, compute.precision, job)
-        }
+        Command::Measure { job, compute } => dispatch(compute.backend, compute.precision, job),
         Command::Export { source, out } => {
             let job = cmd::measure::ExportJob { source, out };
             // Export only reads values; f64 keeps θ exactly as checkpointed.

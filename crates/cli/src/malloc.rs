@@ -5,14 +5,12 @@
 //! fresh mapping and unmaps it on free, and it returns the top of the heap to the system
 //! once more than the trim threshold is free there. Every tensor of a training step, a
 //! probe or a Gram tile pair is such a block, so each one was faulted in page by page again
-//! (`perf`: page faults and memset in every hot loop; 173 million minor faults and 380 s of
-//! system time in the 15-minute CNN Gram benchmark). Here no block is mapped on its own
+//! (`perf` showed page faults and memset in every hot loop). Here no block is mapped on its own
 //! (`M_MMAP_MAX` = 0, which makes the threshold moot: it cannot go above 32 MiB, and the
 //! CNN's activations over c copies of a chunk are larger), and freed heap memory is kept for
 //! reuse (`M_TRIM_THRESHOLD` at its maximum). The price is
-//! resident memory that stays at the process's high-water mark plus fragmentation: the
-//! CNN Gram benchmark (README, Performance) ran with 5.3 million minor faults instead of
-//! 144 million, for about 10% more resident memory. The benchmark reports peaks.
+//! resident memory that stays at the process's high-water mark plus fragmentation; the
+//! benchmark reports peaks.
 
 /// Applies the settings; a no-op where the C library is not glibc.
 #[allow(unsafe_code)]

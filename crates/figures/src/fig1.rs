@@ -5,9 +5,9 @@
 //! exact (through the n×n Gram) at a fresh random θ for each run; each point is the mean ±
 //! standard deviation over `runs` independent draws of data and θ.
 
-use burn::tensor::backend::Backend;
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, EffDim, gaussian};
+use noisegeom_kernels::Kernels;
 use noisegeom_metrics::ProbeOps;
 use noisegeom_metrics::alignment::exact_alignment_streamed;
 use noisegeom_metrics::gram::{FeatureBudget, TILE};
@@ -202,7 +202,7 @@ impl Figure for Fig1 {
         Ok(jobs)
     }
 
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &Fig1Config,
         index: usize,
         device: &B::Device,
@@ -225,7 +225,7 @@ impl Figure for Fig1 {
                 arch.clone(),
                 &mut RandomInit::new(
                     device,
-                    model.init(),
+                    model.init_scheme(),
                     run_seed.wrapping_add(7919 * mi as u64),
                 ),
             )?;

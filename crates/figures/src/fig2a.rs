@@ -4,9 +4,9 @@
 //! The spectrum comes exactly from the n×n Gram matrix (eig(K/n)), and α_k from the Gram
 //! eigenvectors without forming any p-vector (SPEC §3).
 
-use burn::tensor::backend::Backend;
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, gaussian};
+use noisegeom_kernels::Kernels;
 use noisegeom_metrics::ProbeOps;
 use noisegeom_metrics::alignment::exact_spectrum;
 use noisegeom_metrics::gram::gram;
@@ -104,7 +104,7 @@ impl Figure for Fig2a {
         Ok(jobs)
     }
 
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &Fig2aConfig,
         index: usize,
         device: &B::Device,
@@ -123,7 +123,7 @@ impl Figure for Fig2a {
         let arch = model.arch(&[d], 1, cfg.seed)?;
         let net = Net::<B>::build(
             arch.clone(),
-            &mut RandomInit::new(device, model.init(), cfg.seed + 1),
+            &mut RandomInit::new(device, model.init_scheme(), cfg.seed + 1),
         )?;
         let theta = flatten(&net);
         let x: Vec<f64> = task.dataset.inputs.iter().map(|v| *v as f64).collect();

@@ -12,9 +12,9 @@
 //! The dynamics are those of plain linear regression with a closed-form gradient, so this
 //! figure is computed directly in f64 on the host.
 
-use burn::tensor::backend::Backend;
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, gaussian};
+use noisegeom_kernels::Kernels;
 use noisegeom_metrics::linalg::sym_eig;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -278,7 +278,7 @@ impl Figure for Fig3 {
             .collect())
     }
 
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &Fig3Config,
         index: usize,
         _device: &B::Device,

@@ -26,7 +26,7 @@
 //! Both methods use the same triangular CLR schedule; GD+CLR is run over a grid of η_max
 //! and the run that ends flattest is plotted. The final λ_max(G) of every run is reported.
 
-use burn::tensor::backend::Backend;
+use noisegeom_kernels::Kernels;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -217,7 +217,7 @@ impl Figure for Fig4 {
         Ok(sgd.chain(gd).collect())
     }
 
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &Fig4Config,
         index: usize,
         _device: &B::Device,

@@ -8,9 +8,9 @@
 //! against epochs. GD is full-batch (`batch_size` = the training-set size) and accumulates
 //! its gradient over `micro_batch` samples at a time.
 
+use noisegeom_kernels::Kernels;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use noisegeom_data::{DataConfig, Source};
 use noisegeom_models::ModelConfig;
 use noisegeom_train::{ExperimentConfig, ProbeSettings, TrainSettings};
@@ -221,7 +221,7 @@ impl Figure for Fig6 {
             .collect()
     }
 
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &Fig6Config,
         index: usize,
         device: &B::Device,

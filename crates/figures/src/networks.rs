@@ -4,10 +4,10 @@
 //! (`noisegeom plot` and `noisegeom measure --run` read it). A killed job resumes its run
 //! from the newest checkpoint; a run directory left by a different config is replaced.
 
+use noisegeom_kernels::Kernels;
 use std::path::Path;
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
 use noisegeom_train::{ExperimentConfig, Outcome, RunOptions, Silent, Summary, train};
 use serde_json::json;
 
@@ -34,7 +34,7 @@ pub struct Trained {
 }
 
 /// Trains `cfg` in `dir`, continuing a run of the same config found there.
-pub fn train_in<B: Backend>(
+pub fn train_in<B: Kernels>(
     cfg: &ExperimentConfig,
     dir: &Path,
     device: &B::Device,

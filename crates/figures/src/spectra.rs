@@ -16,15 +16,15 @@
 //! of its batch, so the per-sample Jacobian J_i, and with it G, Σ₁ and α_k, is not defined
 //! by the parameters alone.
 
+use noisegeom_kernels::Kernels;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use noisegeom_data::{DataConfig, Source};
 use noisegeom_metrics::ProbeOps;
 use noisegeom_metrics::report::Ratio;
 use noisegeom_metrics::{EigenDirections, MeasureOptions, Method, measure};
-use noisegeom_models::{ModelConfig, Net, RandomInit, flatten};
+use noisegeom_models::{ModelConfig, flatten};
 use noisegeom_train::{ExperimentConfig, TrainSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -215,7 +215,7 @@ impl<K: SpectraKind> Figure for Spectra<K> {
         Ok(jobs)
     }
 
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &SpectraConfig,
         index: usize,
         device: &B::Device,
@@ -236,9 +236,11 @@ impl<K: SpectraKind> Figure for Spectra<K> {
             (run.theta, run.summary.steps, acc)
         } else {
             // The trainer's initialisation: the same seed and scheme.
-            let net = Net::<B>::build(
-                arch.clone(),
-                &mut RandomInit::new(device, m.model.init(), cfg.seed),
+            let net = m.model.init::<B>(
+                &prepared.train.input_shape,
+                prepared.train.num_outputs(),
+                cfg.seed,
+                device,
             )?;
             (flatten(&net), 0, None)
         };
@@ -255,7 +257,6 @@ impl<K: SpectraKind> Figure for Spectra<K> {
             lanczos_iters: cfg.lanczos_iters,
             method: Method::Stochastic,
             hessian: cfg.hessian,
-            chunk: cfg.chunk,
             seed: cfg.probe_seed,
             ..MeasureOptions::default()
         };

@@ -17,10 +17,10 @@
 //! job comes back bit for bit (serde_json's default parser can be one ulp off), and NaN and
 //! ±inf survive.
 
+use noisegeom_kernels::Kernels;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -84,7 +84,7 @@ pub trait Figure {
     /// Computes job `index` of the plan. Depends on nothing but `cfg` and `index`. `work`
     /// is a folder of the figure's output where a job may keep resumable state (the
     /// training runs of the network figures), so a killed job continues where it stopped.
-    fn run_job<B: Backend>(
+    fn run_job<B: Kernels>(
         cfg: &Self::Config,
         index: usize,
         device: &B::Device,
@@ -277,7 +277,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
     }
 
     /// Runs this shard's jobs that are not done yet, writing each result atomically.
-    pub fn run_shard<B: Backend>(
+    pub fn run_shard<B: Kernels>(
         &self,
         shard: Shard,
         device: &B::Device,
@@ -440,7 +440,7 @@ mod tests {
                 .collect())
         }
 
-        fn run_job<B: burn::tensor::backend::Backend>(
+        fn run_job<B: noisegeom_kernels::Kernels>(
             cfg: &Cfg,
             index: usize,
             _: &B::Device,

@@ -1,6 +1,7 @@
 //! Loss alignment μ, the exact nonzero spectrum of G with the noise energy along each
 //! eigen-direction, and directional alignment g(θ, v) (SPEC §2–3).
 
+use noisegeom_kernels::Kernels;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -71,7 +72,7 @@ pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
 /// tile pair ([`for_each_tile_pair`], `tile` samples a side; [`TILE`] is the default). K is
 /// never stored. When the per-sample features exceed the budget and `budget.recompute` is
 /// set, they are recomputed group by group, and the method says how many groups.
-pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
+pub fn exact_alignment_streamed<B: Kernels>(
     ops: &ProbeOps<B>,
     chunk: usize,
     tile: usize,
@@ -82,7 +83,7 @@ pub fn exact_alignment_streamed<B: burn::tensor::backend::Backend>(
 
 /// [`exact_alignment_streamed`], with the work its pass over K did (the benchmark reports
 /// the products' rate from it).
-pub fn exact_alignment_streamed_work<B: burn::tensor::backend::Backend>(
+pub fn exact_alignment_streamed_work<B: Kernels>(
     ops: &ProbeOps<B>,
     chunk: usize,
     tile: usize,

@@ -5,7 +5,7 @@
 //! Per draw: s = Jz (one JVP), Gz = Jᵀs/n and Mz = Jᵀr/n (two VJPs), Σ₁z = Mz − ∇L(∇L·z);
 //! then zᵀGz = ||s||²/n, ||Gz||², zᵀΣ₁Gz = (Σ₁z)·(Gz), zᵀMGz = (Mz)·(Gz).
 
-use burn::tensor::backend::Backend;
+use noisegeom_kernels::Kernels;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,7 @@ pub struct Stochastic {
 }
 
 /// `samples` Rademacher draws, seeded.
-pub fn hutchinson<B: Backend>(ops: &ProbeOps<B>, samples: usize, seed: u64) -> Stochastic {
+pub fn hutchinson<B: Kernels>(ops: &ProbeOps<B>, samples: usize, seed: u64) -> Stochastic {
     let mut rng = noisegeom_data::seeded_rng(seed, "hutchinson");
     let (mut tg, mut gf, mut tsg, mut tmg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let grad = ops.grad();

@@ -1,5 +1,5 @@
 //! Dense symmetric eigendecompositions through faer (f64), and products of row sets on
-//! host memory through the `gemm` crate (f32 or f64, `noisegeom_models::host`).
+//! host memory through the `gemm` crate (f32 or f64, `noisegeom_kernels::gemm`).
 
 use faer::{Mat, Side};
 
@@ -37,13 +37,13 @@ pub fn sym_eigvals(n: usize, a: impl Fn(usize, usize) -> f64) -> Vec<f64> {
     v
 }
 
-pub use noisegeom_models::host::GemmElem;
-use noisegeom_models::host::{MatRef, Threads, gemm};
+pub use noisegeom_kernels::gemm::GemmElem;
+use noisegeom_kernels::gemm::{MatRef, Threads, gemm};
 
 /// `out[i·n + j] = Σ_l a[i·k + l]·b[j·k + l]`: the dot products of the m rows of `a` with the
 /// n rows of `b`, both `[·, k]` row-major, written into the caller's `out` (`[m, n]`
 /// row-major, m = a.len()/k, n = b.len()/k), by the GEMM kernels burn-flex calls
-/// ([`noisegeom_models::host::gemm`]). Writing into a reused buffer is the point: burn-flex's
+/// ([`noisegeom_kernels::gemm::gemm`]). Writing into a reused buffer is the point: burn-flex's
 /// matmul zero-fills every fresh output and then copies it once more to align it, about a
 /// fifth of a [512, 512]·[512, 5120] product's time here.
 ///
@@ -67,7 +67,7 @@ pub fn row_products<E: GemmElem>(a: &[E], b: &[E], k: usize, out: &mut [E]) {
 #[cfg(test)]
 mod tests {
     /// The shapes row_products reads from the lengths, on a product by hand (the GEMM
-    /// itself is tested in `noisegeom_models::host`): rows (1, 2) and (3, 4) against rows
+    /// itself is tested in `noisegeom_kernels::gemm`): rows (1, 2) and (3, 4) against rows
     /// (1, 0), (0, 1) and (1, 1).
     #[test]
     fn row_products_are_the_dot_products_of_the_rows() {

@@ -1,9 +1,9 @@
 //! One call that measures what was asked for over a probe set and returns a serialisable
 //! record with the cut-offs and methods stated.
 
+use noisegeom_kernels::Kernels;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::alignment::{
@@ -45,8 +45,6 @@ pub struct MeasureOptions {
     /// Byte budget for the exact Gram's per-sample features: `auto` falls back to Hutchinson
     /// past it, `exact` computes μ with the features recomputed group by group.
     pub gram_max_bytes: usize,
-    /// Samples per forward pass.
-    pub chunk: usize,
     pub seed: u64,
     /// Also compute the Hessian's top eigenpairs (costs about twice as much as G's).
     pub hessian: bool,
@@ -75,7 +73,6 @@ impl Default for MeasureOptions {
             slq_runs: 4,
             slq_iters: 60,
             gram_max_bytes: 4 << 30,
-            chunk: 256,
             seed: 0,
             hessian: true,
         }
@@ -148,7 +145,7 @@ pub struct Measurement {
 }
 
 /// Measures at the θ and probe set of `ops`.
-pub fn measure<B: Backend>(
+pub fn measure<B: Kernels>(
     ops: &ProbeOps<B>,
     opt: &MeasureOptions,
 ) -> Result<Measurement, GeometryError> {
@@ -181,14 +178,14 @@ pub fn measure<B: Backend>(
         let keep_k = opt.spectrum && ops.n * ops.c <= EXACT_SPECTRUM_MAX_DIM;
         let exact = match opt.method {
             Method::Stochastic => Ok(None),
-            _ if keep_k => gram(ops, opt.chunk, opt.gram_max_bytes)
+            _ if keep_k => gram(ops, ops.chunk, opt.gram_max_bytes)
                 .map(|k| Some((exact_alignment(&k, ops.residuals()), Some(k)))),
             _ => {
                 let budget = FeatureBudget {
                     max_bytes: opt.gram_max_bytes,
                     recompute: opt.method == Method::Exact,
                 };
-                exact_alignment_streamed(ops, opt.chunk, TILE, budget).map(|la| Some((la, None)))
+                exact_alignment_streamed(ops, ops.chunk, TILE, budget).map(|la| Some((la, None)))
             }
         };
         let exact = match exact {
@@ -300,7 +297,7 @@ pub fn measure<B: Backend>(
     Ok(m)
 }
 
-fn along<B: Backend>(
+fn along<B: Kernels>(
     operator: &str,
     lanczos: LanczosResult,
     ops: &ProbeOps<B>,

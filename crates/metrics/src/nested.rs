@@ -10,8 +10,9 @@
 
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
+use noisegeom_kernels::{AutodiffKernels, Kernels};
 use noisegeom_models::{ParamInit, ParamSource, in_blocks, param_tensor};
 use rayon::prelude::*;
 
@@ -42,14 +43,14 @@ pub type Ad2<B> = Autodiff<Autodiff<B>>;
 
 /// Builds a network on `Ad2<B>` from host values. With `inner_grad`, each parameter's inner
 /// (`Ad<B>`) copy is a leaf that requires grad, so Hessian products can reach it.
-pub struct NestedSource<'a, B: Backend> {
+pub struct NestedSource<'a, B: Kernels> {
     pub device: &'a B::Device,
     pub values: &'a [f64],
     pub offset: usize,
     pub inner_grad: bool,
 }
 
-impl<B: Backend> ParamSource<Ad2<B>> for NestedSource<'_, B> {
+impl<B: Kernels> ParamSource<Ad2<B>> for NestedSource<'_, B> {
     fn param<const D: usize>(
         &mut self,
         shape: [usize; D],
@@ -71,15 +72,15 @@ impl<B: Backend> ParamSource<Ad2<B>> for NestedSource<'_, B> {
 
 /// The gradient of every parameter of an autodiff module, flattened and concatenated in
 /// flat-θ order; zeros for a parameter the loss does not reach.
-pub fn flat_grad<A: AutodiffBackend, M: Module<A>>(
+pub fn flat_grad<A: AutodiffKernels, M: Module<A>>(
     module: &M,
     grads: &A::Gradients,
 ) -> Tensor<A::InnerBackend, 1> {
-    struct Collect<'g, A: AutodiffBackend> {
+    struct Collect<'g, A: AutodiffKernels> {
         grads: &'g A::Gradients,
         out: Vec<Tensor<A::InnerBackend, 1>>,
     }
-    impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
+    impl<A: AutodiffKernels> ModuleVisitor<A> for Collect<'_, A> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
             let t = param.val();
             let g = match t.grad(self.grads) {
@@ -102,17 +103,17 @@ pub fn flat_grad<A: AutodiffBackend, M: Module<A>>(
 /// through its transpose: for x·Wᵀ the backward leaves it as a transposed view, whose
 /// transpose is contiguous, so the transposition is done on the host, in cache-sized
 /// blocks, as it is added.
-pub fn add_grad_to_host<A: AutodiffBackend, M: Module<A>>(
+pub fn add_grad_to_host<A: AutodiffKernels, M: Module<A>>(
     acc: &mut [f64],
     module: &M,
     grads: &A::Gradients,
 ) {
-    struct Add<'a, A: AutodiffBackend> {
+    struct Add<'a, A: AutodiffKernels> {
         grads: &'a A::Gradients,
         acc: &'a mut [f64],
         offset: usize,
     }
-    impl<A: AutodiffBackend> ModuleVisitor<A> for Add<'_, A> {
+    impl<A: AutodiffKernels> ModuleVisitor<A> for Add<'_, A> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
             let t = param.val();
             let n = t.shape().num_elements();
@@ -162,15 +163,15 @@ fn add_data(dst: &mut [f64], src: TensorData, transposed: Option<(usize, usize)>
 
 /// The gradient with respect to the inner leaves of an `Ad2<B>` module (built with
 /// `inner_grad`), flattened in flat-θ order.
-pub fn flat_inner_grad<B: Backend, M: Module<Ad2<B>>>(
+pub fn flat_inner_grad<B: Kernels, M: Module<Ad2<B>>>(
     module: &M,
     grads: &<Ad<B> as AutodiffBackend>::Gradients,
 ) -> Tensor<B, 1> {
-    struct Collect<'g, B: Backend> {
+    struct Collect<'g, B: Kernels> {
         grads: &'g <Ad<B> as AutodiffBackend>::Gradients,
         out: Vec<Tensor<B, 1>>,
     }
-    impl<B: Backend> ModuleVisitor<Ad2<B>> for Collect<'_, B> {
+    impl<B: Kernels> ModuleVisitor<Ad2<B>> for Collect<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Ad2<B>, D>>) {
             let leaf = param.val().inner();
             let g = match leaf.grad(self.grads) {
@@ -189,13 +190,13 @@ pub fn flat_inner_grad<B: Backend, M: Module<Ad2<B>>>(
 }
 
 /// Host values to a device vector.
-pub fn to_device<B: Backend>(v: &[f64], device: &B::Device) -> Tensor<B, 1> {
+pub fn to_device<B: Kernels>(v: &[f64], device: &B::Device) -> Tensor<B, 1> {
     to_device2(v, 1, v.len(), device).reshape([v.len()])
 }
 
 /// Host values to a device matrix, converted to the backend's float type on the host (one
 /// tight loop, rather than burn's element-by-element conversion).
-pub fn to_device2<B: Backend>(
+pub fn to_device2<B: Kernels>(
     v: &[f64],
     rows: usize,
     cols: usize,
@@ -207,7 +208,7 @@ pub fn to_device2<B: Backend>(
 
 /// A device tensor back to host f64, row-major. f32 and f64 data are read as slices (burn's
 /// generic `iter` goes through a boxed iterator, element by element).
-pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+pub fn to_host<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
     with_slice!(t.into_data(), s => s.iter().map(|&x| widen(x)).collect())
 }
 

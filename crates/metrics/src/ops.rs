@@ -8,8 +8,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
-use noisegeom_models::{Arch, FlatSource, Net, TrainOps, autodiff_lock};
+use noisegeom_models::{Arch, FlatSource, Kernels, Net, Pass, autodiff_lock};
 
 use crate::GeometryError;
 use crate::nested::{
@@ -18,7 +17,7 @@ use crate::nested::{
 };
 
 /// The probe set and θ, with the networks each product needs.
-pub struct ProbeOps<B: Backend> {
+pub struct ProbeOps<B: Kernels> {
     pub arch: Arch,
     pub device: B::Device,
     /// Probe inputs `[n, d]` and targets `[n, c]` on the device.
@@ -86,7 +85,7 @@ impl QuadForms {
 /// of the network and its activations.
 pub const DIRECTIONS_PER_PASS: usize = 8;
 
-impl<B: Backend> ProbeOps<B> {
+impl<B: Kernels> ProbeOps<B> {
     /// `x` is `[n, d]`, `y` is `[n, c]`, both host row-major. `chunk` samples go through the
     /// network at a time.
     pub fn new(
@@ -130,7 +129,7 @@ impl<B: Backend> ProbeOps<B> {
             c,
             p,
             chunk: chunk.clamp(1, n),
-            host_products: noisegeom_models::on_host::<B>(device),
+            host_products: B::HOST_MEMORY,
             theta: theta.to_vec(),
             net,
             net_ad,
@@ -323,9 +322,9 @@ impl<B: Backend> ProbeOps<B> {
                 self.c,
                 &self.device,
             );
-            let out = self.net_ad.forward_with(
+            let out = self.net_ad.forward_pass(
                 Tensor::from_inner(self.x.clone().narrow(0, s, len)),
-                &mut TrainOps::flex_ops::<Ad<B>>(),
+                Pass::FirstOrder,
             );
             let grads = (out * wc).sum().backward();
             add_grad_to_host(&mut acc, &self.net_ad, &grads);

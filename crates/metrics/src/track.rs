@@ -4,6 +4,7 @@
 //! exact Hessian-vector products. When the Gram does not fit its byte budget, μ falls back
 //! to Hutchinson (with standard errors) and the top of G to Lanczos on exact Gv products.
 
+use noisegeom_kernels::Kernels;
 use serde::{Deserialize, Serialize};
 
 use crate::alignment::{directional, exact_alignment, top_spectrum};
@@ -55,15 +56,11 @@ pub struct Tracked {
     pub method: String,
 }
 
-pub fn track<B: burn::tensor::backend::Backend>(
-    ops: &ProbeOps<B>,
-    opt: &TrackOptions,
-    chunk: usize,
-) -> Result<Tracked, GeometryError> {
+pub fn track<B: Kernels>(ops: &ProbeOps<B>, opt: &TrackOptions) -> Result<Tracked, GeometryError> {
     let cut = Cutoffs::new(eps_of(std::mem::size_of::<B::FloatElem>()));
     let loss = ops.loss();
     let two_l = 2.0 * loss;
-    let mut t = match gram(ops, chunk, opt.gram_max_bytes) {
+    let mut t = match gram(ops, ops.chunk, opt.gram_max_bytes) {
         Ok(k) => {
             let la = exact_alignment(&k, ops.residuals());
             let (spec, run) = top_spectrum(&k, ops.residuals(), &cut, opt.k, opt.iters, opt.seed);

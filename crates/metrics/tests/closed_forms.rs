@@ -26,7 +26,7 @@ fn draw(cov: &Covariance, n: usize, seed: u64) -> Draw {
     let arch = cfg.arch(&[d], 1, seed).unwrap();
     let net = Net::<F64>::build(
         arch.clone(),
-        &mut RandomInit::new(&dev(), cfg.init(), 1000 + seed),
+        &mut RandomInit::new(&dev(), cfg.init_scheme(), 1000 + seed),
     )
     .unwrap();
     let theta = flatten(&net);

@@ -1,7 +1,7 @@
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use crate::{Activation, Arch, InitScheme, ModelError, Stage};
+use crate::{Activation, Arch, InitScheme, Kernels, ModelError, Net, RandomInit, Stage};
 
 /// How a CNN turns its last feature map into features.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +153,8 @@ impl ModelConfig {
         }
     }
 
-    pub fn init(&self) -> InitScheme {
+    /// The initialisation scheme of the parameters.
+    pub fn init_scheme(&self) -> InitScheme {
         match self {
             ModelConfig::Linear { init, .. }
             | ModelConfig::TwoLayerLinear { init, .. }
@@ -164,6 +165,19 @@ impl ModelConfig {
             | ModelConfig::Vgg { init, .. }
             | ModelConfig::Resnet { init, .. } => *init,
         }
+    }
+
+    /// A network of [`Self::arch`] initialised by [`Self::init_scheme`]; `seed` fixes both
+    /// the signs of a fixed second layer and the initial parameters (as the trainer does).
+    pub fn init<B: Kernels>(
+        &self,
+        input_shape: &[usize],
+        outputs: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Net<B>, ModelError> {
+        let arch = self.arch(input_shape, outputs, seed)?;
+        Net::build(arch, &mut RandomInit::new(device, self.init_scheme(), seed))
     }
 
     /// The architecture for inputs of `input_shape` and `outputs` outputs. `seed` fixes the

@@ -8,11 +8,8 @@
 //! [`ParamSource`] (a seeded initialiser, or a flat vector θ).
 
 mod config;
-pub mod conv_host;
 mod device_set;
-pub mod flex_ops;
 mod graph_lock;
-pub mod host;
 pub mod layers;
 mod net;
 pub mod params;
@@ -20,8 +17,9 @@ pub mod params;
 pub use config::{Head, ModelConfig};
 pub use device_set::{DeviceSet, mse};
 pub use graph_lock::{AutodiffGuard, autodiff_lock};
-pub use layers::{ConvGeom, Layer, NoTap, Tap, TrainOps, on_host};
+pub use layers::{Layer, NoTap, Tap};
 pub use net::{Arch, Net, Stage};
+pub use noisegeom_kernels::{AutodiffKernels, ConvGeom, Kernels, Pass};
 pub use params::{
     FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, in_blocks,
     param_tensor, transpose,

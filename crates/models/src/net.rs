@@ -3,9 +3,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap, TrainOps};
+use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap};
 use crate::params::{ParamInit, ParamSource, Role};
 use crate::{Activation, ModelError};
+use noisegeom_kernels::{Kernels, Pass};
 
 /// One step of a sequential network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -233,7 +234,7 @@ impl<B: Backend> Value<B> {
     }
 }
 
-impl<B: Backend> Net<B> {
+impl<B: Kernels> Net<B> {
     /// Builds the network, drawing each parameter from `source` in flat-vector order.
     pub fn build<S: ParamSource<B>>(arch: Arch, source: &mut S) -> Result<Self, ModelError> {
         arch.validate()?;
@@ -287,8 +288,17 @@ impl<B: Backend> Net<B> {
         self.forward_with(x, &mut NoTap)
     }
 
-    /// The forward pass with a [`Tap`] on every parametric layer.
+    /// The forward pass with a [`Tap`] on every parametric layer (burn's own ops).
     pub fn forward_with<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T) -> Tensor<B, 2> {
+        self.forward_in(x, tap, Pass::Generic)
+    }
+
+    /// The forward pass of a [`Pass`]: its layers may use the backend's host kernels.
+    pub fn forward_pass(&self, x: Tensor<B, 2>, pass: Pass) -> Tensor<B, 2> {
+        self.forward_in(x, &mut NoTap, pass)
+    }
+
+    fn forward_in<T: Tap<B>>(&self, x: Tensor<B, 2>, tap: &mut T, pass: Pass) -> Tensor<B, 2> {
         let [n, _] = x.dims();
         let mut v = match self.arch.input_shape[..] {
             [c, h, w] => Value::Image(x.reshape([n, c, h, w])),
@@ -296,14 +306,7 @@ impl<B: Backend> Net<B> {
         };
         let mut layers = self.layers.iter();
         let mut saved = Vec::new();
-        // Until the first parametric layer, the value is the input: a constant.
-        let mut at_input = true;
         for stage in &self.arch.stages {
-            let first = at_input;
-            at_input &= !matches!(
-                stage,
-                Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
-            );
             v = match (stage, v) {
                 (Stage::SaveSkip, v) => {
                     saved.push(v.clone());
@@ -311,15 +314,15 @@ impl<B: Backend> Net<B> {
                 }
                 (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
                 (Stage::Dense { .. }, Value::Flat(a)) => match layers.next() {
-                    Some(Layer::Dense(l)) => Value::Flat(l.forward(a, tap)),
+                    Some(Layer::Dense(l)) => Value::Flat(l.forward(a, tap, pass)),
                     _ => unreachable!("layers follow stages"),
                 },
                 (Stage::Conv { .. }, Value::Image(a)) => match layers.next() {
-                    Some(Layer::Conv(l)) => Value::Image(l.forward_at(a, tap, first)),
+                    Some(Layer::Conv(l)) => Value::Image(l.forward(a, tap, pass)),
                     _ => unreachable!("layers follow stages"),
                 },
                 (Stage::Hadamard, Value::Flat(a)) => match layers.next() {
-                    Some(Layer::Hadamard(l)) => Value::Flat(l.forward(a, tap)),
+                    Some(Layer::Hadamard(l)) => Value::Flat(l.forward(a, tap, pass)),
                     _ => unreachable!("layers follow stages"),
                 },
                 (Stage::Act { activation }, Value::Flat(a)) => Value::Flat(activation.apply(a)),
@@ -366,9 +369,8 @@ impl<B: Backend> Net<B> {
         };
         let mut li = 0;
         let mut saved = Vec::new();
-        // On `Autodiff<Flex>` the parametric layers run on the host ops, whose backward a
-        // later `backward()` (the metrics' Hv) goes through.
-        let ops = TrainOps::flex_ops::<B>();
+        // A first-order pass: a later `backward()` (the metrics' Hv) goes through it once.
+        let pass = Pass::FirstOrder;
         // The tangents' counterpart of parametric layer `li`.
         let tangent_layer = |k: usize, li: usize| &tangents[k].layers[li];
         // Every parametric layer is bilinear in (input, parameters): z = l(a) and
@@ -381,14 +383,14 @@ impl<B: Backend> Net<B> {
                 let dz = tangent_outputs(
                     &$a,
                     $da,
-                    |d| l.linear_with(d, ops),
+                    |d| l.linear(d, pass),
                     |k, a| match tangent_layer(k, li) {
-                        Layer::$layer(t) => t.forward(a, &mut { ops }),
+                        Layer::$layer(t) => t.forward(a, &mut NoTap, pass),
                         _ => unreachable!("same architecture"),
                     },
                 );
                 li += 1;
-                Dual::$dual(l.forward($a, &mut { ops }), dz)
+                Dual::$dual(l.forward($a, &mut NoTap, pass), dz)
             }};
         }
         for stage in &self.arch.stages {

@@ -2,9 +2,9 @@
 //! set, logged as `probe` events. A probe reads θ and nothing else (no RNG, no optimizer
 //! state), so the training trajectory is the same with and without probes.
 
+use noisegeom_kernels::Kernels;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use noisegeom_data::Dataset;
 use noisegeom_metrics::{ProbeOps, TrackOptions, Tracked, track};
 use noisegeom_models::{Arch, Net, flatten};
@@ -90,7 +90,7 @@ impl Probe {
     }
 
     /// Measures at the parameters of `net` (the non-autodiff view of the trained model).
-    pub fn run<B: Backend>(
+    pub fn run<B: Kernels>(
         &mut self,
         net: &Net<B>,
         step: u64,
@@ -112,7 +112,6 @@ impl Probe {
                 hutchinson_samples: 64,
                 seed: s.seed,
             },
-            s.chunk,
         )?;
         let accuracy = self
             .onehot

@@ -2,13 +2,10 @@
 //! dampening), kept on the device (updated in one fused pass where the device is the host).
 //! The state is one flat buffer per parameter tensor.
 
-use std::ops::{Add, Mul, Sub};
-
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Element, ElementConversion, Tensor, TensorData};
-use noisegeom_models::on_host;
-use rayon::prelude::*;
+use burn::tensor::{DType, Tensor, TensorData};
+use noisegeom_kernels::sgd::{Scalar, SgdStep, sgd_update};
+use noisegeom_kernels::{AutodiffKernels, Kernels};
 
 /// Optimiser hyper-parameters other than the learning rate (which the schedule supplies).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -19,20 +16,20 @@ pub struct SgdConfig {
 }
 
 /// SGD state: the momentum buffers (empty without momentum).
-pub struct Sgd<B: Backend> {
+pub struct Sgd<B: Kernels> {
     pub config: SgdConfig,
     buffers: Vec<Buffer<B>>,
 }
 
 /// One parameter tensor's momentum buffer, flat. A matrix `[r, c]`'s buffer is kept in the
 /// order of its transpose `[c, r]` once it has been used (`transposed`): see [`Step`].
-struct Buffer<B: Backend> {
+struct Buffer<B: Kernels> {
     flat: Tensor<B, 1>,
     /// `Some([r, c])`: `flat` holds the `[c, r]` transpose of the `[r, c]` matrix buffer.
     transposed: Option<[usize; 2]>,
 }
 
-impl<B: Backend> Sgd<B> {
+impl<B: Kernels> Sgd<B> {
     pub fn new(config: SgdConfig) -> Self {
         Sgd {
             config,
@@ -82,37 +79,28 @@ impl<B: Backend> Sgd<B> {
 
 /// Where the gradients come from. They are consumed: each parameter's gradient is taken
 /// out, so the update can reuse its memory.
-enum Grads<A: AutodiffBackend> {
+pub enum Grads<A: AutodiffKernels> {
     /// Straight from a backward pass, in each parameter's own layout.
     Autodiff(A::Gradients),
     /// Flattened per parameter tensor (module order; `None` without gradient).
     Flat(Vec<Option<Tensor<A::InnerBackend, 1>>>),
 }
 
-impl<B: Backend> Sgd<B> {
+impl<B: Kernels> Sgd<B> {
     /// One update θ ← θ − lr·d, with g' = g + wd·θ, buf ← μ·buf + g' and d = buf
     /// (or g' + μ·buf with Nesterov, or g' without momentum).
     pub fn step<A, M>(&mut self, model: M, grads: A::Gradients, lr: f64) -> M
     where
-        A: AutodiffBackend<InnerBackend = B>,
+        A: AutodiffKernels<InnerBackend = B>,
         M: Module<A>,
     {
         self.apply(model, Grads::<A>::Autodiff(grads), lr)
     }
 
-    /// The same update from gradients already flattened per parameter tensor (in module
-    /// order; `None` for a parameter without gradient), e.g. accumulated over micro-batches.
-    pub fn step_flat<A, M>(&mut self, model: M, grads: Vec<Option<Tensor<B, 1>>>, lr: f64) -> M
+    /// The update from either kind of [`Grads`].
+    pub fn apply<A, M>(&mut self, model: M, grads: Grads<A>, lr: f64) -> M
     where
-        A: AutodiffBackend<InnerBackend = B>,
-        M: Module<A>,
-    {
-        self.apply(model, Grads::<A>::Flat(grads), lr)
-    }
-
-    fn apply<A, M>(&mut self, model: M, grads: Grads<A>, lr: f64) -> M
-    where
-        A: AutodiffBackend<InnerBackend = B>,
+        A: AutodiffKernels<InnerBackend = B>,
         M: Module<A>,
     {
         if self.config.momentum > 0.0 && self.buffers.is_empty() {
@@ -134,14 +122,14 @@ impl<B: Backend> Sgd<B> {
 /// Each parameter tensor's gradient, flattened, in module order.
 pub fn flat_grads<A, M>(model: &M, grads: &A::Gradients) -> Vec<Option<Tensor<A::InnerBackend, 1>>>
 where
-    A: AutodiffBackend,
+    A: AutodiffKernels,
     M: Module<A>,
 {
-    struct Collect<'a, A: AutodiffBackend> {
+    struct Collect<'a, A: AutodiffKernels> {
         grads: &'a A::Gradients,
         out: Vec<Option<Tensor<A::InnerBackend, 1>>>,
     }
-    impl<A: AutodiffBackend> ModuleVisitor<A> for Collect<'_, A> {
+    impl<A: AutodiffKernels> ModuleVisitor<A> for Collect<'_, A> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
             let g = param.val().grad(self.grads);
             self.out.push(g.map(|g| {
@@ -158,9 +146,9 @@ where
     c.out
 }
 
-struct Zeros<B: Backend>(Vec<Buffer<B>>);
+struct Zeros<B: Kernels>(Vec<Buffer<B>>);
 
-impl<A: AutodiffBackend> ModuleVisitor<A> for Zeros<A::InnerBackend> {
+impl<A: AutodiffKernels> ModuleVisitor<A> for Zeros<A::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
         let t = param.val();
         let n = t.shape().num_elements();
@@ -179,7 +167,7 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Zeros<A::InnerBackend> {
 /// elementwise update runs without a transposing copy. The new W is the transpose of the
 /// result, a view whose Wᵀ is contiguous for the next forward. The arithmetic per element is
 /// the same in either layout, so the trajectory does not depend on it.
-struct Step<'a, A: AutodiffBackend> {
+struct Step<'a, A: AutodiffKernels> {
     grads: Grads<A>,
     lr: f64,
     config: SgdConfig,
@@ -187,7 +175,7 @@ struct Step<'a, A: AutodiffBackend> {
     index: usize,
 }
 
-impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
+impl<A: AutodiffKernels> ModuleMapper<A> for Step<'_, A> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
@@ -220,7 +208,7 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
                         _ => old.flat.reshape(work.clone()),
                     }
                 });
-                let (theta, buf) = if on_host::<A::InnerBackend>(&theta.device())
+                let (theta, buf) = if A::InnerBackend::HOST_MEMORY
                     && matches!(theta.dtype(), DType::F32 | DType::F64)
                 {
                     update_on_host(theta, g, prev, c, self.lr)
@@ -243,7 +231,7 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Step<'_, A> {
 
 /// The update with tensor operations, on any backend: the new θ and, with momentum, the new
 /// buffer (from `prev`).
-fn update<B: Backend, const D: usize>(
+fn update<B: Kernels, const D: usize>(
     theta: Tensor<B, D>,
     mut g: Tensor<B, D>,
     prev: Option<Tensor<B, D>>,
@@ -268,12 +256,11 @@ fn update<B: Backend, const D: usize>(
     (theta - d.mul_scalar(lr), buf)
 }
 
-/// The same update in one pass over host memory, for backends whose tensors live there
-/// (f32 or f64). θ, g and the buffer are taken without a copy when nothing else holds them
-/// (burn-flex), and each element goes through the operations of [`update`] in the same order
-/// and precision, so both give the same bits. The tensor form makes up to seven passes, two
-/// with a fresh allocation, one thread each: 14% of the FNN's training step in `perf`.
-fn update_on_host<B: Backend, const D: usize>(
+/// The same update in one pass over host memory ([`sgd_update`]), for backends whose tensors
+/// live there (f32 or f64). θ, g and the buffer are taken without a copy when nothing else
+/// holds them (burn-flex), and both forms give the same bits. The tensor form makes up to
+/// seven passes, two with a fresh allocation, one thread each.
+fn update_on_host<B: Kernels, const D: usize>(
     theta: Tensor<B, D>,
     g: Tensor<B, D>,
     prev: Option<Tensor<B, D>>,
@@ -284,85 +271,33 @@ fn update_on_host<B: Backend, const D: usize>(
     let mut t = theta.into_data();
     let g = g.into_data();
     let mut b = prev.map(Tensor::into_data);
+    let step = SgdStep {
+        lr,
+        momentum: c.momentum,
+        nesterov: c.nesterov,
+        weight_decay: c.weight_decay,
+    };
+    fn slices<E: Scalar>(
+        t: &mut TensorData,
+        g: &TensorData,
+        b: Option<&mut TensorData>,
+        step: SgdStep,
+    ) {
+        let slice = "the update's operands have the parameter's dtype";
+        let b = b.map(|b| b.as_mut_slice::<E>().expect(slice));
+        sgd_update(
+            t.as_mut_slice::<E>().expect(slice),
+            g.as_slice::<E>().expect(slice),
+            b,
+            step,
+        );
+    }
     match dtype {
-        DType::F64 => fused::<f64>(&mut t, &g, b.as_mut(), c, lr),
-        _ => fused::<f32>(&mut t, &g, b.as_mut(), c, lr),
+        DType::F64 => slices::<f64>(&mut t, &g, b.as_mut(), step),
+        _ => slices::<f32>(&mut t, &g, b.as_mut(), step),
     }
     let back = |data: TensorData| Tensor::<B, D>::from_data(data, (&device, dtype));
     (back(t), b.map(back))
-}
-
-/// [`update_on_host`]'s arithmetic in the element type `E`, split into chunks over threads.
-fn fused<E: Scalar>(
-    t: &mut TensorData,
-    g: &TensorData,
-    b: Option<&mut TensorData>,
-    c: SgdConfig,
-    lr: f64,
-) {
-    const CHUNK: usize = 1 << 14;
-    let slice = "the update's operands have the parameter's dtype";
-    let k = Coefficients {
-        wd: c.weight_decay.elem::<E>(),
-        mu: c.momentum.elem::<E>(),
-        lr: lr.elem::<E>(),
-    };
-    let t = t.as_mut_slice::<E>().expect(slice);
-    let g = g.as_slice::<E>().expect(slice);
-    let (t, g) = (t.par_chunks_mut(CHUNK), g.par_chunks(CHUNK));
-    match (b, c.weight_decay > 0.0, c.nesterov) {
-        (None, false, _) => t.zip(g).for_each(|(t, g)| plain::<E, false>(t, g, k)),
-        (None, true, _) => t.zip(g).for_each(|(t, g)| plain::<E, true>(t, g, k)),
-        (Some(b), decay, nesterov) => {
-            let tgb = t
-                .zip(g)
-                .zip(b.as_mut_slice::<E>().expect(slice).par_chunks_mut(CHUNK));
-            match (decay, nesterov) {
-                (false, false) => tgb.for_each(|((t, g), b)| heavy::<E, false, false>(t, g, b, k)),
-                (false, true) => tgb.for_each(|((t, g), b)| heavy::<E, false, true>(t, g, b, k)),
-                (true, false) => tgb.for_each(|((t, g), b)| heavy::<E, true, false>(t, g, b, k)),
-                (true, true) => tgb.for_each(|((t, g), b)| heavy::<E, true, true>(t, g, b, k)),
-            }
-        }
-    }
-}
-
-/// The element types of [`fused`].
-trait Scalar:
-    Element + Copy + Send + Sync + Add<Output = Self> + Mul<Output = Self> + Sub<Output = Self>
-{
-}
-impl Scalar for f32 {}
-impl Scalar for f64 {}
-
-#[derive(Clone, Copy)]
-struct Coefficients<E> {
-    wd: E,
-    mu: E,
-    lr: E,
-}
-
-/// θ ← θ − lr·g' without momentum, g' = g (+ wd·θ with `DECAY`).
-fn plain<E: Scalar, const DECAY: bool>(t: &mut [E], g: &[E], k: Coefficients<E>) {
-    for (t, &g) in t.iter_mut().zip(g) {
-        let g = if DECAY { g + *t * k.wd } else { g };
-        *t = *t - g * k.lr;
-    }
-}
-
-/// With momentum: buf ← μ·buf + g', θ ← θ − lr·d, d = buf (g' + μ·buf with `NESTEROV`).
-fn heavy<E: Scalar, const DECAY: bool, const NESTEROV: bool>(
-    t: &mut [E],
-    g: &[E],
-    b: &mut [E],
-    k: Coefficients<E>,
-) {
-    for ((t, &g), b) in t.iter_mut().zip(g).zip(b) {
-        let g = if DECAY { g + *t * k.wd } else { g };
-        *b = *b * k.mu + g;
-        let d = if NESTEROV { g + *b * k.mu } else { *b };
-        *t = *t - d * k.lr;
-    }
 }
 
 #[cfg(test)]
@@ -478,7 +413,7 @@ mod tests {
     #[test]
     fn the_host_update_gives_the_bits_of_the_tensor_update() {
         let _graph = noisegeom_models::autodiff_lock();
-        fn check<B: Backend>(device: &B::Device) {
+        fn check<B: Kernels>(device: &B::Device) {
             // 40 000 elements: more than one chunk of the parallel loop.
             let (r, c) = (200, 200);
             let n = r * c;

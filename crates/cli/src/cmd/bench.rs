@@ -1,11 +1,11 @@
 //! `noisegeom bench`: timed workloads, each with a warm-up and the median of several
 //! repeats. Compilation and autotuning happen in the warm-up and are reported apart.
 
+use noisegeom_kernels::AutodiffKernels;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use noisegeom_models::{Activation, ModelConfig, Net, RandomInit, TrainOps, autodiff_lock, mse};
+use noisegeom_models::{Activation, ModelConfig, Pass, autodiff_lock, mse};
 use noisegeom_train::{Sgd, SgdConfig};
 use serde::Serialize;
 
@@ -135,7 +135,7 @@ fn model_for(workload: &str) -> (ModelConfig, Vec<usize>) {
 impl Job for BenchJob {
     type Output = Vec<Timing>;
 
-    fn run<B: AutodiffBackend>(
+    fn run<B: AutodiffKernels>(
         self,
         device: B::Device,
         backend: &str,
@@ -159,7 +159,7 @@ impl Job for BenchJob {
 }
 
 impl BenchJob {
-    fn workload<B: AutodiffBackend>(
+    fn workload<B: AutodiffKernels>(
         &self,
         w: &String,
         device: &B::Device,
@@ -182,12 +182,8 @@ impl BenchJob {
             }
             let batch = 128;
             let (cfg, shape) = model_for(w);
-            let arch = cfg.arch(&shape, 10, 0)?;
             let d: usize = shape.iter().product();
-            let mut model = Some(Net::<B>::build(
-                arch,
-                &mut RandomInit::new(&device, cfg.init(), 0),
-            )?);
+            let mut model = Some(cfg.init::<B>(&shape, 10, 0, &device)?);
             let x: Vec<f32> = (0..batch * d)
                 .map(|k| ((k * 7919 % 1000) as f32) / 1000.0 - 0.5)
                 .collect();
@@ -202,12 +198,10 @@ impl BenchJob {
                 weight_decay: 0.0,
             });
             let mut sink = 0.0;
-            // As the trainer does.
-            let mut train_ops = TrainOps::for_device::<B>(&device);
             let (warm, times) = time_it(self.repeats, || {
                 let _graph = autodiff_lock();
                 let m = model.take().expect("model");
-                let loss = mse(m.forward_with(x.clone(), &mut train_ops), y.clone());
+                let loss = mse(m.forward_pass(x.clone(), Pass::Train), y.clone());
                 // As the trainer does: read the step's loss back (this waits for the device,
                 // and for the previous step's update, which the forward depends on).
                 sink += loss.clone().into_scalar().elem::<f64>();
@@ -257,7 +251,7 @@ pub fn table(all: &[Timing]) -> String {
 /// The geometry workloads on the FNN 3072-512-512-512-10 over n = 1024 probe samples (the
 /// CNN over n = 4096 for `mu-cnn-4096`), f32 inputs ~ N(0, 1), one-hot targets,
 /// PyTorch-default initialisation (seed 0).
-fn geometry<B: AutodiffBackend>(
+fn geometry<B: AutodiffKernels>(
     w: &str,
     device: &B::Device,
     backend: &str,
@@ -269,9 +263,8 @@ fn geometry<B: AutodiffBackend>(
     use noisegeom_metrics::lanczos::lanczos;
     let heavy = HEAVY_WORKLOADS.contains(&w);
     let (cfg, shape) = model_for(if heavy { "train-cnn" } else { "train-fnn" });
-    let arch = cfg.arch(&shape, 10, 0)?;
-    let net =
-        Net::<B::InnerBackend>::build(arch.clone(), &mut RandomInit::new(device, cfg.init(), 0))?;
+    let net = cfg.init::<B::InnerBackend>(&shape, 10, 0, device)?;
+    let arch = net.arch.clone();
     let theta = noisegeom_models::flatten(&net);
     let n = if heavy { 4096 } else { probe_size };
     // The CNN's activations over c copies of a chunk are larger than its features: smaller

@@ -2,9 +2,9 @@
 //! A figure is a list of independent jobs; `figure` runs them all on this machine and
 //! merges, and `sweep` splits the same jobs into shards for a cluster (Slurm job arrays).
 
+use noisegeom_kernels::AutodiffKernels;
 use std::path::PathBuf;
 
-use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
 use noisegeom_data::Source;
 use noisegeom_figures::sweep::{Figure, JobState, Shard, Sweep};
@@ -156,7 +156,7 @@ impl FigureJob {
         })
     }
 
-    fn go<F: Figure, B: AutodiffBackend>(
+    fn go<F: Figure, B: AutodiffKernels>(
         &self,
         device: &B::Device,
         backend: &str,
@@ -261,7 +261,7 @@ fn plots_line(out: &Output, text: String) -> String {
 impl Job for FigureJob {
     type Output = String;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
+    fn run<B: AutodiffKernels>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
         match self.figure {
             FigureName::Fig1 => self.go::<fig1::Fig1, B>(&device, backend),
             FigureName::Fig2a => self.go::<fig2a::Fig2a, B>(&device, backend),

@@ -1,14 +1,14 @@
 //! `noisegeom measure` and `noisegeom export`: the geometry of one checkpoint (or of the
 //! initialisation), over a fixed, seeded probe set.
 
+use noisegeom_kernels::AutodiffKernels;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
 use noisegeom_data::Dataset;
 use noisegeom_metrics::{MeasureOptions, Measurement, Method, ProbeOps, measure};
-use noisegeom_models::{Arch, Net, RandomInit, Stage, flatten};
+use noisegeom_models::{Arch, Stage, flatten};
 use noisegeom_train::{ExperimentConfig, newest_checkpoint};
 use serde_json::json;
 
@@ -39,7 +39,7 @@ pub struct Source {
 }
 
 /// Resolves `--run DIR` (newest checkpoint) or `--config FILE --at-init`.
-fn resolve<B: AutodiffBackend>(
+fn resolve<B: AutodiffKernels>(
     run: Option<&Path>,
     config: Option<&Path>,
     overrides: &[String],
@@ -81,9 +81,11 @@ fn resolve<B: AutodiffBackend>(
             (ck.params, format!("step {}", ck.step))
         }
         None => {
-            let net = Net::<B>::build(
-                arch.clone(),
-                &mut RandomInit::new(device, cfg.model.init(), cfg.seed),
+            let net = cfg.model.init::<B>(
+                &prepared.train.input_shape,
+                prepared.train.num_outputs(),
+                cfg.seed,
+                device,
             )?;
             (flatten(&net), "init".to_string())
         }
@@ -126,7 +128,7 @@ pub struct ProbeSource {
 
 impl ProbeSource {
     /// θ and the probe set: the set, its indices in the training set, whether it is balanced.
-    fn load<B: AutodiffBackend>(
+    fn load<B: AutodiffKernels>(
         &self,
         device: &B::Device,
     ) -> anyhow::Result<(Source, Dataset, Vec<usize>, bool)> {
@@ -151,23 +153,60 @@ impl ProbeSource {
     }
 }
 
+/// `noisegeom measure`: its options, as given on the command line.
+#[derive(clap::Args, Debug)]
 pub struct MeasureJob {
+    #[command(flatten)]
     pub source: ProbeSource,
+    /// What to compute.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "mu,directional,spectrum"
+    )]
     pub what: Vec<What>,
+    /// Eigenpairs to report.
+    #[arg(long, default_value_t = 10)]
     pub k: usize,
+    /// Lanczos steps (default 2k + 20).
+    #[arg(long = "lanczos-iters")]
     pub iters: Option<usize>,
-    pub method: Method,
+    /// exact (Gram), stochastic (Hutchinson), or auto (exact when the Gram's features fit
+    /// --max-gram-gb, else Hutchinson). With exact, μ alone never stores K and recomputes
+    /// the features group by group past the budget (slower, same numbers).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: MethodArg,
+    /// Rademacher draws for the stochastic estimators.
+    #[arg(long, default_value_t = 64)]
     pub hutchinson_samples: usize,
+    /// Skip the Hessian (its Lanczos costs about twice G's).
+    #[arg(long)]
     pub no_hessian: bool,
+    /// Samples per forward pass (bounds memory).
+    #[arg(long, default_value_t = 256)]
     pub chunk: usize,
+    /// Memory budget for the exact Gram's per-sample features, in GB (K itself is stored
+    /// only for the exact spectrum).
+    #[arg(long, default_value_t = 4.0)]
     pub max_gram_gb: f64,
+    /// Results file (default: RUN_DIR/measure-step-N.json, or measure-<model>-init.json).
+    #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+/// `--method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    Auto,
+    Exact,
+    Stochastic,
 }
 
 impl Job for MeasureJob {
     type Output = String;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
+    fn run<B: AutodiffKernels>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
         let (src, probe, indices, balanced) = self.source.load::<B>(&device)?;
         let (opt, clamped) =
             self.options(probe.len(), src.arch.outputs(), src.arch.num_params())?;
@@ -272,10 +311,13 @@ impl MeasureJob {
             density: self.what.contains(&What::Density),
             k,
             lanczos_iters: self.iters,
-            method: self.method,
+            method: match self.method {
+                MethodArg::Auto => Method::Auto,
+                MethodArg::Exact => Method::Exact,
+                MethodArg::Stochastic => Method::Stochastic,
+            },
             hutchinson_samples: self.hutchinson_samples,
             gram_max_bytes: (self.max_gram_gb * 1e9) as usize,
-            chunk: self.chunk,
             seed: self.source.probe_seed,
             hessian: !self.no_hessian,
             ..MeasureOptions::default()
@@ -384,7 +426,7 @@ pub struct ExportJob {
 impl Job for ExportJob {
     type Output = String;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> anyhow::Result<String> {
+    fn run<B: AutodiffKernels>(self, device: B::Device, _backend: &str) -> anyhow::Result<String> {
         let (src, probe, indices, _) = self.source.load::<B>(&device)?;
         let bytes = export_safetensors(&src, &probe, &indices)?;
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {

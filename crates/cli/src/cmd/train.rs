@@ -1,9 +1,9 @@
 //! `noisegeom train`.
 
+use noisegeom_kernels::AutodiffKernels;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
 use noisegeom_train::{ExperimentConfig, Outcome, RunOptions, train};
 
 use crate::backend::Job;
@@ -73,7 +73,7 @@ impl TrainJob {
 impl Job for TrainJob {
     type Output = String;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
+    fn run<B: AutodiffKernels>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
         let command: Vec<String> = std::env::args().collect();
         let env = env_info(backend, self.config.seed, &command);
         let dir = self.dir.clone();

@@ -83,7 +83,7 @@ pub fn zoo(n: usize) -> Vec<Problem> {
             let arch = cfg.arch(&shape, c, 11).unwrap();
             let net = Net::<F64>::build(
                 arch.clone(),
-                &mut RandomInit::new(&dev(), cfg.init(), 100 + k as u64),
+                &mut RandomInit::new(&dev(), cfg.init_scheme(), 100 + k as u64),
             )
             .unwrap();
             let theta = flatten(&net);

@@ -103,11 +103,14 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
-fn grad_of<B: burn::tensor::backend::AutodiffBackend>(net: &Net<B>, x: Tensor<B, 2>) -> Vec<f64> {
+fn grad_of<B: burn::tensor::backend::AutodiffBackend + Kernels>(
+    net: &Net<B>,
+    x: Tensor<B, 2>,
+) -> Vec<f64> {
     grad_with(net, x, &mut NoTap)
 }
 
-fn grad_with<B: burn::tensor::backend::AutodiffBackend, T: Tap<B>>(
+fn grad_with<B: burn::tensor::backend::AutodiffBackend + Kernels, T: Tap<B>>(
     net: &Net<B>,
     x: Tensor<B, 2>,
     tap: &mut T,
@@ -120,8 +123,22 @@ fn grad_with<B: burn::tensor::backend::AutodiffBackend, T: Tap<B>>(
     param_grads(net, loss)
 }
 
+/// [`grad_of`] through a forward of `pass`.
+fn grad_in<B: burn::tensor::backend::AutodiffBackend + Kernels>(
+    net: &Net<B>,
+    x: Tensor<B, 2>,
+    pass: Pass,
+) -> Vec<f64> {
+    let loss = net
+        .forward_pass(x, pass)
+        .powf_scalar(2.0)
+        .sum()
+        .mul_scalar(0.5);
+    param_grads(net, loss)
+}
+
 /// The gradient of `loss` with respect to `net`'s parameters, flat in visiting order.
-fn param_grads<B: burn::tensor::backend::AutodiffBackend>(
+fn param_grads<B: burn::tensor::backend::AutodiffBackend + Kernels>(
     net: &Net<B>,
     loss: Tensor<B, 1>,
 ) -> Vec<f64> {
@@ -147,8 +164,11 @@ fn every_model_survives_double_backward_and_matches_finite_differences() {
         let arch = cfg.arch(&shape, c, 3).unwrap();
         let p = arch.num_params();
         let theta: Vec<f64> = {
-            let net = Net::<F64>::build(arch.clone(), &mut RandomInit::new(&dev(), cfg.init(), 5))
-                .unwrap();
+            let net = Net::<F64>::build(
+                arch.clone(),
+                &mut RandomInit::new(&dev(), cfg.init_scheme(), 5),
+            )
+            .unwrap();
             flatten(&net)
         };
         assert_eq!(theta.len(), p);
@@ -269,8 +289,11 @@ fn every_model_survives_double_backward_and_matches_finite_differences() {
 fn flat_view_round_trips() {
     for (cfg, shape, c) in zoo() {
         let arch = cfg.arch(&shape, c, 1).unwrap();
-        let net =
-            Net::<F64>::build(arch.clone(), &mut RandomInit::new(&dev(), cfg.init(), 2)).unwrap();
+        let net = Net::<F64>::build(
+            arch.clone(),
+            &mut RandomInit::new(&dev(), cfg.init_scheme(), 2),
+        )
+        .unwrap();
         let theta = flatten(&net);
         assert_eq!(theta.len(), arch.num_params());
         assert_eq!(
@@ -466,312 +489,4 @@ fn two_layer_readout_is_fixed_plus_minus_one_over_sqrt_m() {
     assert_eq!(arch, cfg.arch(&[3], 1, 7).unwrap(), "signs are seeded");
 }
 
-#[test]
-fn im2col_matches_hand_written_patches() {
-    // x = 1..9 as one 3×3 plane.
-    let x = Tensor::<F64, 4>::from_data(
-        TensorData::new((1..=9).map(f64::from).collect::<Vec<_>>(), [1, 1, 3, 3]),
-        &dev(),
-    );
-    let patches = |g, ones| {
-        layers::im2col(x.clone(), g, ones)
-            .into_data()
-            .to_vec::<f64>()
-            .unwrap()
-    };
-    // k = 2, stride 1, no padding: rows (ky, kx) = (0,0), (0,1), (1,0), (1,1) over the 2×2
-    // output positions.
-    let g = ConvGeom {
-        kernel: 2,
-        stride: 1,
-        padding: 0,
-    };
-    #[rustfmt::skip]
-    let want = [1., 2., 4., 5.,  2., 3., 5., 6.,  4., 5., 7., 8.,  5., 6., 8., 9.];
-    assert_eq!(patches(g, false), want);
-    // With the row of ones (the bias's) last.
-    let with_ones = patches(g, true);
-    assert_eq!(&with_ones[..16], &want);
-    assert_eq!(&with_ones[16..], &[1.0; 4]);
-    // k = 3, stride 2, padding 1: output 2×2 at input centres (0,0), (0,2), (2,0), (2,2);
-    // row (ky, kx) reads x[2·oy + ky − 1][2·ox + kx − 1], zero outside.
-    let g = ConvGeom {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
-    let got = patches(g, false);
-    let at = |iy: isize, ix: isize| {
-        if (0..3).contains(&iy) && (0..3).contains(&ix) {
-            (iy * 3 + ix + 1) as f64
-        } else {
-            0.0
-        }
-    };
-    for ky in 0..3 {
-        for kx in 0..3 {
-            for oy in 0..2 {
-                for ox in 0..2 {
-                    let want = at(2 * oy + ky - 1, 2 * ox + kx - 1);
-                    let r = (ky * 3 + kx) as usize;
-                    assert_eq!(got[r * 4 + (oy * 2 + ox) as usize], want, "row {r}");
-                }
-            }
-        }
-    }
-    // The corner row (0, 0) by hand: only output (1, 1) sees x[1][1] = 5.
-    assert_eq!(&got[..4], &[0., 0., 0., 5.]);
-}
-
-/// The GEMM weight gradient (host im2col) against burn's own conv backward, on every zoo model
-/// with convolutions (strides 1 and 2, padding, a residual block), in f64: the same outputs
-/// and the same gradient of every parameter to round-off.
-#[test]
-fn host_conv_weight_grad_matches_the_backend_conv_backward() {
-    let _graph = crate::autodiff_lock();
-    let mut checked = 0;
-    for (cfg, shape, c) in zoo() {
-        let arch = cfg.arch(&shape, c, 0).unwrap();
-        let has_conv = arch.stages.iter().any(|s| matches!(s, Stage::Conv { .. }));
-        if !has_conv {
-            continue;
-        }
-        let net =
-            Net::<Ad>::build(arch.clone(), &mut RandomInit::new(&dev(), cfg.init(), 3)).unwrap();
-        let d: usize = shape.iter().product();
-        let x = inputs::<Ad>(5, d, &dev());
-        let out_ref = net.forward(x.clone()).into_data().to_vec::<f64>().unwrap();
-        let out = net
-            .forward_with(x.clone(), &mut TrainOps::Host)
-            .into_data()
-            .to_vec::<f64>()
-            .unwrap();
-        let want = grad_of(&net, x.clone());
-        let got = grad_with(&net, x, &mut TrainOps::Host);
-        assert!(rel(&out, &out_ref) < 1e-13, "{cfg:?}: outputs");
-        assert_eq!(got.len(), want.len());
-        assert!(
-            rel(&got, &want) < 1e-12,
-            "{cfg:?}: gradient rel. error {:e}",
-            rel(&got, &want)
-        );
-        checked += 1;
-    }
-    assert!(checked >= 4, "only {checked} conv models in the zoo");
-    assert_eq!(TrainOps::for_device::<Ad>(&dev()), TrainOps::Host);
-}
-
-/// The host convolution's kernels (`conv_host`) against burn's conv2d and its autodiff
-/// backward in f64, on kernels 1, 3 and 5, strides 1 to 3, paddings 0 to 2, odd sizes: the
-/// output (patches kept or not), ∂W, ∂b and ∂x to round-off.
-#[test]
-fn host_conv_kernels_match_burns_conv_in_f64() {
-    let _graph = crate::autodiff_lock();
-    use crate::conv_host::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
-    use burn::tensor::module::conv2d;
-    use burn::tensor::ops::ConvOptions;
-    let vals = |len: usize, seed: usize| -> Vec<f64> {
-        (0..len)
-            .map(|k| (((k + seed) * 7919 % 211) as f64 - 105.0) / 53.0)
-            .collect()
-    };
-    for (n, c_in, h, w, c_out, kernel, stride, padding) in [
-        (3, 2, 5, 5, 4, 3, 1, 1),
-        (2, 3, 7, 6, 5, 3, 2, 1),
-        (2, 2, 6, 6, 3, 3, 2, 0),
-        (3, 4, 4, 5, 2, 1, 1, 0),
-        (1, 1, 8, 8, 2, 3, 1, 0),
-        (2, 2, 7, 8, 3, 3, 3, 1),
-        (1, 2, 6, 5, 2, 5, 2, 2),
-    ] {
-        let geom = ConvGeom {
-            kernel,
-            stride,
-            padding,
-        };
-        let s = ConvShape {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            geom,
-        };
-        let (xv, wv, bv) = (
-            vals(n * c_in * h * w, 1),
-            vals(c_out * c_in * kernel * kernel, 2),
-            vals(c_out, 3),
-        );
-        let (ho, wo) = (geom.out_len(h), geom.out_len(w));
-        let rv = vals(n * c_out * ho * wo, 4);
-        let x = Tensor::<Ad, 4>::from_data(TensorData::new(xv.clone(), [n, c_in, h, w]), &dev())
-            .require_grad();
-        let wt = Tensor::<Ad, 4>::from_data(
-            TensorData::new(wv.clone(), [c_out, c_in, kernel, kernel]),
-            &dev(),
-        )
-        .require_grad();
-        let bt =
-            Tensor::<Ad, 1>::from_data(TensorData::new(bv.clone(), [c_out]), &dev()).require_grad();
-        let z = conv2d(
-            x.clone(),
-            wt.clone(),
-            Some(bt.clone()),
-            ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1),
-        );
-        let r = Tensor::<Ad, 4>::from_data(TensorData::new(rv.clone(), [n, c_out, ho, wo]), &dev());
-        let grads = (z.clone() * r).sum().backward();
-        let f = |t: TensorData| t.to_vec::<f64>().unwrap();
-        let want_z = f(z.into_data());
-        let (got_z, u) = conv_forward(&xv, &wv, Some(&bv), s, true);
-        let (got_z_unkept, none) = conv_forward(&xv, &wv, Some(&bv), s, false);
-        assert!(none.is_none());
-        let case = format!("{s:?}");
-        assert!(rel(&got_z, &want_z) < 1e-14, "{case}: output");
-        assert_eq!(got_z, got_z_unkept, "{case}: output without kept patches");
-        let (dw, db) = conv_param_grads(&rv, &u.unwrap(), s);
-        let dx = conv_input_grad(&rv, &wv, s);
-        assert!(
-            rel(&dw, &f(wt.grad(&grads).unwrap().into_data())) < 1e-13,
-            "{case}: ∂W"
-        );
-        assert!(
-            rel(&db, &f(bt.grad(&grads).unwrap().into_data())) < 1e-13,
-            "{case}: ∂b"
-        );
-        assert!(
-            rel(&dx, &f(x.grad(&grads).unwrap().into_data())) < 1e-13,
-            "{case}: ∂x"
-        );
-        // Without a bias the output is W·U alone.
-        let (z0, _) = conv_forward(&xv, &wv, None, s, false);
-        let p = ho * wo;
-        for (i, (a, b)) in z0.iter().zip(&got_z).enumerate() {
-            assert!(
-                (a + bv[i / p % c_out] - b).abs() < 1e-12,
-                "{case}: bias at {i}"
-            );
-        }
-    }
-}
-
-/// The affine and convolution ops of `flex_ops` on `Autodiff<Flex>` (what the trainer runs on
-/// the CPU, `TrainOps::Host`), on every zoo model: outputs and the gradient of every parameter
-/// against burn's own ops on NdArray<f64> with the same (f32-representable) parameters and
-/// inputs, to f32 round-off. Gradients of earlier layers pass through the ops' ∂x.
-#[test]
-fn the_flex_ops_match_the_f64_reference() {
-    let _graph = crate::autodiff_lock();
-    use burn::backend::Flex;
-    type AdF = Autodiff<Flex>;
-    assert!(crate::flex_ops::is_autodiff_flex::<AdF>());
-    assert!(!crate::flex_ops::is_autodiff_flex::<Ad>());
-    assert!(!crate::flex_ops::is_autodiff_flex::<Autodiff<AdF>>());
-    let fdev = Default::default();
-    let mut checked = 0;
-    for (cfg, shape, c) in zoo() {
-        let arch = cfg.arch(&shape, c, 0).unwrap();
-        let net32 =
-            Net::<AdF>::build(arch.clone(), &mut RandomInit::new(&fdev, cfg.init(), 3)).unwrap();
-        let theta = flatten(&net32);
-        let net64 = Net::<Ad>::build(arch.clone(), &mut FlatSource::new(&dev(), &theta)).unwrap();
-        let d: usize = shape.iter().product();
-        // Inputs in sevenths, rounded to f32 for both.
-        let x64 = inputs::<Ad>(5, d, &dev());
-        let xv: Vec<f32> = x64.to_data().iter::<f64>().map(|v| v as f32).collect();
-        let x64 = Tensor::<Ad, 2>::from_data(
-            TensorData::new(xv.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), [5, d]),
-            &dev(),
-        );
-        let x32 = Tensor::<AdF, 2>::from_data(TensorData::new(xv, [5, d]), &fdev);
-        let out_want = net64
-            .forward(x64.clone())
-            .into_data()
-            .to_vec::<f64>()
-            .unwrap();
-        let out_got: Vec<f64> = net32
-            .forward_with(x32.clone(), &mut TrainOps::Host)
-            .into_data()
-            .iter::<f64>()
-            .collect();
-        // Forward mode and reverse over it (the metrics' Jv and Hv route): on
-        // `Autodiff<Flex>` the JVP's parametric layers run on the host ops.
-        let v: Vec<f64> = (0..theta.len())
-            .map(|k| ((k * 29 % 19) as f64 - 9.0) / 8.0)
-            .collect();
-        let t32 = Net::<AdF>::build(arch.clone(), &mut FlatSource::frozen(&fdev, &v)).unwrap();
-        let t64 = Net::<Ad>::build(arch, &mut FlatSource::frozen(&dev(), &v)).unwrap();
-        let (jv_want, rof_want) = jvp_and_reverse(&net64, x64.clone(), &t64);
-        let (jv_got, rof_got) = jvp_and_reverse(&net32, x32.clone(), &t32);
-        let want = grad_of(&net64, x64);
-        let got = grad_with(&net32, x32, &mut TrainOps::Host);
-        assert!(rel(&out_got, &out_want) < 1e-6, "{cfg:?}: outputs");
-        assert_eq!(got.len(), want.len());
-        assert!(
-            rel(&got, &want) < 1e-5,
-            "{cfg:?}: gradient rel. error {:e}",
-            rel(&got, &want)
-        );
-        assert!(rel(&jv_got, &jv_want) < 1e-5, "{cfg:?}: J·v");
-        assert_eq!(rof_got.len(), rof_want.len());
-        assert!(
-            rel(&rof_got, &rof_want) < 1e-5,
-            "{cfg:?}: ∇(f·Jv) rel. error {:e}",
-            rel(&rof_got, &rof_want)
-        );
-        checked += 1;
-    }
-    assert_eq!(checked, zoo().len());
-}
-
-/// J·v along the direction held by `tangent`, and the gradient of Σ f ⊙ J·v with respect to
-/// `net`'s parameters (reverse over forward, as the metrics' Hv takes it).
-fn jvp_and_reverse<B: burn::tensor::backend::AutodiffBackend>(
-    net: &Net<B>,
-    x: Tensor<B, 2>,
-    tangent: &Net<B>,
-) -> (Vec<f64>, Vec<f64>) {
-    let (f, jv) = net.jvp(x, tangent);
-    let jv = jv.expect("a nonzero direction moves every zoo model's outputs");
-    let jv_host = jv.to_data().iter::<f64>().collect();
-    (jv_host, param_grads(net, (f * jv).sum()))
-}
-
-/// The host convolution's parameter gradients over more samples than one partial sum holds
-/// give the same bits on 1 and 3 threads (fixed runs of samples, added in order), so a run's
-/// numbers do not depend on the machine's core count.
-#[test]
-fn host_conv_param_grads_do_not_depend_on_the_thread_count() {
-    use crate::conv_host::{ConvShape, conv_forward, conv_param_grads};
-    let s = ConvShape {
-        n: 41,
-        c_in: 2,
-        h: 6,
-        w: 5,
-        c_out: 3,
-        geom: ConvGeom {
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-        },
-    };
-    let vals = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|k| ((k * 7919 % 211) as f32 - 105.0) / 53.0)
-            .collect()
-    };
-    let x = vals(s.n * s.c_in * s.h * s.w);
-    let dz = vals(s.n * s.c_out * s.p());
-    let (_, u) = conv_forward(&x, &vals(s.c_out * s.k()), None, s, true);
-    let u = u.unwrap();
-    let on = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| conv_param_grads(&dz, &u, s))
-    };
-    let one = on(1);
-    assert_eq!(one, on(3));
-    assert!(one.0.iter().any(|&v| v != 0.0));
-}
+mod passes;

@@ -1,6 +1,6 @@
 //! Autodiff ops of their own for the trainer's CPU backend, `Autodiff<Flex>`: an affine
 //! layer and a convolution whose forward and backward run on host memory through
-//! [`host::gemm`](crate::host::gemm) ([`crate::conv_host`] for the convolution).
+//! [`gemm`](crate::gemm::gemm) ([`crate::conv`] for the convolution).
 //!
 //! Through burn's generic ops the affine layer is a matmul, a transpose and a broadcast bias
 //! add, and each matmul output is zero-filled and copied once more by burn-flex; its
@@ -9,12 +9,9 @@
 //! the transpose of a contiguous `[in, out]` matrix: the layout the SGD update and the next
 //! forward read without a copy.
 //!
-//! Models stay generic over the backend: [`is_autodiff_flex`] picks these ops at run time
-//! (a `TypeId` comparison), and the tensors are moved, not copied, between the generic type
-//! and `Autodiff<Flex>`'s own. Both ops are first order: under a second autodiff decorator
-//! (Hessian products) the generic ops run.
+//! `Autodiff<Flex>`'s [`Kernels`](crate::Kernels) implementation calls them in first-order
+//! passes. Under a second autodiff decorator (Hessian products) the generic ops run.
 
-use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -24,38 +21,25 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::{Backend, BackendTypes};
+use burn::tensor::backend::BackendTypes;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 
-use crate::conv_host::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
-use crate::host::{MatRef, Threads, gemm};
-use crate::layers::ConvGeom;
+use crate::conv::{ConvGeom, ConvShape, conv_forward, conv_input_grad, conv_param_grads};
+use crate::gemm::{MatRef, Threads, gemm};
 
 /// burn-flex under one autodiff decorator, the backend the trainer runs on the CPU.
-type AdFlex = Autodiff<Flex>;
+pub type AdFlex = Autodiff<Flex>;
 type AdTensor = <AdFlex as BackendTypes>::FloatTensorPrimitive;
 
-/// Whether `B` is `Autodiff<Flex>`, where this module's ops run.
-pub fn is_autodiff_flex<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<AdFlex>()
-}
-
-/// `t` as `U`, which the caller has checked is its own type.
-fn same<T: 'static, U: 'static>(t: T) -> U {
-    *(Box::new(t) as Box<dyn Any>)
-        .downcast::<U>()
-        .unwrap_or_else(|_| unreachable!("the caller checked that the types are the same"))
-}
-
-/// `t`'s autodiff tensor on `Autodiff<Flex>` (`B` must be that backend).
-fn ad<B: Backend, const D: usize>(t: Tensor<B, D>) -> AdTensor {
-    same(t.into_primitive().tensor())
+/// `t`'s autodiff primitive.
+fn ad<const D: usize>(t: Tensor<AdFlex, D>) -> AdTensor {
+    t.into_primitive().tensor()
 }
 
 /// The inverse of [`ad`].
-fn generic<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(same(t)))
+fn tensor<const D: usize>(t: AdTensor) -> Tensor<AdFlex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
@@ -143,17 +127,13 @@ impl Backward<Flex, 3> for DenseBackward {
     }
 }
 
-/// `x·Wᵀ + b` on `Autodiff<Flex>` ([`is_autodiff_flex`] must hold; a missing bias is a
-/// constant zero): `x: [n, in]`, `w: [out, in]`, `b: [out]`.
-///
-/// # Panics
-/// If `B` is not `Autodiff<Flex>`.
-pub fn affine<B: Backend>(
-    x: Tensor<B, 2>,
-    w: Tensor<B, 2>,
-    b: Option<Tensor<B, 1>>,
-) -> Tensor<B, 2> {
-    check::<B>();
+/// `x·Wᵀ + b` on `Autodiff<Flex>` (a missing bias is a constant zero): `x: [n, in]`,
+/// `w: [out, in]`, `b: [out]`.
+pub fn affine(
+    x: Tensor<AdFlex, 2>,
+    w: Tensor<AdFlex, 2>,
+    b: Option<Tensor<AdFlex, 1>>,
+) -> Tensor<AdFlex, 2> {
     let [n, _] = x.dims();
     let [d_out, _] = w.dims();
     let b = b.unwrap_or_else(|| Tensor::zeros([d_out], &w.device()));
@@ -179,7 +159,7 @@ pub fn affine<B: Backend>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(z),
     };
-    generic(out)
+    tensor(out)
 }
 
 #[derive(Debug)]
@@ -225,19 +205,14 @@ impl Backward<Flex, 3> for ConvBackward {
     }
 }
 
-/// `conv2d(x, w) + b` on `Autodiff<Flex>` by [`crate::conv_host`]'s kernels
-/// ([`is_autodiff_flex`] must hold; a missing bias is a constant zero).
-/// `x: [n, c_in, h, w]`, `w: [c_out, c_in, k, k]`.
-///
-/// # Panics
-/// If `B` is not `Autodiff<Flex>`.
-pub fn conv2d<B: Backend>(
-    x: Tensor<B, 4>,
-    w: Tensor<B, 4>,
-    b: Option<Tensor<B, 1>>,
+/// `conv2d(x, w) + b` on `Autodiff<Flex>` by [`crate::conv`]'s kernels (a missing bias is a
+/// constant zero). `x: [n, c_in, h, w]`, `w: [c_out, c_in, k, k]`.
+pub fn conv2d(
+    x: Tensor<AdFlex, 4>,
+    w: Tensor<AdFlex, 4>,
+    b: Option<Tensor<AdFlex, 1>>,
     geom: ConvGeom,
-) -> Tensor<B, 4> {
-    check::<B>();
+) -> Tensor<AdFlex, 4> {
     let [n, c_in, h, wd] = x.dims();
     let [c_out, ..] = w.dims();
     let b = b.unwrap_or_else(|| Tensor::zeros([c_out], &w.device()));
@@ -278,13 +253,5 @@ pub fn conv2d<B: Backend>(
         }
         OpsKind::UnTracked(prep) => prep.finish(flex(run(false).0, out_shape)),
     };
-    generic(out)
-}
-
-fn check<B: Backend>() {
-    assert!(
-        is_autodiff_flex::<B>(),
-        "flex_ops run on Autodiff<Flex>, not {}",
-        core::any::type_name::<B>()
-    );
+    tensor(out)
 }

@@ -1,22 +1,38 @@
 //! A 2-D convolution on host memory, forward and backward, from im2col patches and
-//! [`host::gemm`](crate::host::gemm).
+//! [`gemm`](crate::gemm::gemm).
 //!
 //! burn's convolution under autodiff forms the output, the input gradient (a transposed
 //! convolution) and the weight gradient (a convolution with the output gradient as its
-//! kernel) as three unrelated convolutions; on burn-flex that took most of the CNN's
-//! training step. Here the patches U_i (`[c_in·k², h'·w']` per sample) are built once in the
+//! kernel) as three unrelated convolutions, each building its own patches. Here the patches U_i (`[c_in·k², h'·w']` per sample) are built once in the
 //! forward and kept:
 //! - Z_i = W·U_i + b, one GEMM per sample;
 //! - ∂W = Σ_i ΔZ_i U_iᵀ, ∂b = Σ_i ΔZ_i 1;
 //! - ∂x_i = col2im(Wᵀ ΔZ_i), the transpose of the patch map applied to a GEMM's output.
 //!
 //! Samples run in parallel, each product on one thread. The autodiff op that runs these
-//! kernels is [`crate::flex_ops::conv2d`].
+//! kernels is [`crate::flex::conv2d`].
 
 use rayon::prelude::*;
 
-use crate::host::{GemmElem, MatRef, Threads, gemm};
-use crate::layers::ConvGeom;
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+use crate::gemm::{GemmElem, MatRef, Threads, gemm};
+
+/// Geometry of a square 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeom {
+    /// The output side for an input side `len`.
+    pub fn out_len(&self, len: usize) -> usize {
+        (len + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+}
 
 /// The sizes of one convolution over a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,7 +184,7 @@ fn inside(kk: usize, s: usize, pad: usize, len: usize, out: usize) -> core::ops:
 
 /// The patches of every sample of `x: [n, c, h, w]`, `[n, c·k² (+1 with ones), h'·w']`,
 /// samples in parallel.
-pub(crate) fn patches<E: Copy + Send + Sync>(
+pub fn patches<E: Copy + Send + Sync>(
     x: &[E],
     [n, c, h, w]: [usize; 4],
     g: ConvGeom,
@@ -363,4 +379,72 @@ pub fn conv_input_grad<E: GemmElem + core::ops::AddAssign>(
             },
         );
     dx
+}
+
+/// The im2col patches of `x: [n, c, h, w]` as a constant `[n, c·k² (+1), h'·w']` (row
+/// `(ci·k + ky)·k + kx`, matching a `[out, in, k, k]` weight flattened, and a last row of
+/// ones when `ones` is set), built on the host, samples in parallel.
+pub fn im2col<B: Backend>(x: Tensor<B, 4>, g: ConvGeom, ones: bool) -> Tensor<B, 3> {
+    let dims = x.dims();
+    let device = x.device();
+    let (ho, wo) = (g.out_len(dims[2]), g.out_len(dims[3]));
+    let data = x.detach().into_data();
+    // Read in place: the activations are not copied before the patches are built.
+    let values = data
+        .as_slice::<B::FloatElem>()
+        .expect("a float tensor holds the backend's float type");
+    let u = patches(values, dims, g, ones, [0.0.elem(), 1.0.elem()]);
+    let shape = [
+        dims[0],
+        dims[1] * g.kernel * g.kernel + usize::from(ones),
+        ho * wo,
+    ];
+    Tensor::from_data(TensorData::new(u, shape), &device)
+}
+
+/// `conv2d(x, W) + b` whose weight gradient is one batched GEMM over host im2col patches,
+/// dW = Σ_i ΔZ_i U_iᵀ, for a first-order pass on a host backend whose own convolution
+/// backward is slow (burn-ndarray). Where `x` is a constant (`x_is_constant`: the network's
+/// input) the output is that GEMM too; otherwise the output and the input gradient stay the
+/// backend's, and a term equal to zero, M − stop(M) with M = W·U, carries the weight
+/// gradient. Not for a pass differentiated twice: the input gradient sees W as a constant.
+pub fn conv2d_gemm_weight_grad<B: Backend>(
+    x: Tensor<B, 4>,
+    w: Tensor<B, 4>,
+    b: Option<Tensor<B, 1>>,
+    g: ConvGeom,
+    x_is_constant: bool,
+) -> Tensor<B, 4> {
+    let [cout, cin, k, _] = w.dims();
+    let [n, _, h, wd] = x.dims();
+    let (ho, wo) = (g.out_len(h), g.out_len(wd));
+    let wmat = w.clone().reshape([cout, cin * k * k]);
+    if x_is_constant {
+        // The output is the GEMM, the bias folded in as a last patch row of ones (a
+        // broadcast add of the bias would take burn-flex's strided path).
+        let bias = b.map(|b| b.reshape([cout, 1]));
+        let u = im2col(x, g, bias.is_some()); // [n, cin·k² (+1), ho·wo], a constant
+        let wmat = match bias {
+            Some(b) => Tensor::cat(vec![wmat, b], 1),
+            None => wmat,
+        };
+        let kk = wmat.dims()[1];
+        return wmat
+            .reshape([1, cout, kk])
+            .matmul(u)
+            .reshape([n, cout, ho, wo]);
+    }
+    let u = im2col(x.clone(), g, false);
+    let m = wmat
+        .reshape([1, cout, cin * k * k])
+        .matmul(u)
+        .reshape([n, cout, ho, wo]);
+    // `detach` alone would keep W a leaf that requires grad (burn re-marks it), and the
+    // backend would still form its weight gradient.
+    let z = crate::generic_conv2d(x, w.detach().set_require_grad(false), b, g);
+    // m − stop(m) is exactly zero (m − m for finite m) and its gradient with respect to W
+    // is the GEMM's. stop(m) is a copy (`mul_scalar(1)`) so that m's buffer is unshared:
+    // burn-flex subtracts in place then, and otherwise takes its slow strided path.
+    let stop = m.clone().detach().set_require_grad(false).mul_scalar(1.0);
+    z + (m - stop)
 }

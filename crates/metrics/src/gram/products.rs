@@ -1,0 +1,238 @@
+//! The products of two tiles' features for one output: per layer, one GEMM on the device
+//! (or on host memory), summed on the host in f64 into rows of K.
+
+use super::*;
+
+/// A tile pair's shape: whether it is on the diagonal, the outputs, the row and column
+/// tiles' sample counts.
+#[derive(Clone, Copy)]
+pub(super) struct PairShape {
+    pub(super) diag: bool,
+    pub(super) c: usize,
+    pub(super) bi: usize,
+    pub(super) bj: usize,
+}
+
+/// One layer's products in a tile pair.
+pub(super) enum Products<'a, B: Kernels> {
+    /// The output layer between two chunks whose signals are the selection:
+    /// δ_{i,o}·δ_{j,o2} = [o = o2], no product formed.
+    Units,
+    /// Off the diagonal, a layer of gradient rows: one `[c·bi, c·bj]` product for all output
+    /// pairs. Their rows are long (a convolution's per-sample gradients), and one GEMM packs
+    /// its right-hand side once, where c GEMMs would pack it c times.
+    Whole(TensorData),
+    /// Output by output: `outs[slot]` holds output o's rows against the outputs o2 ≥ from
+    /// ([`Products::span`]), `[bi, (c − from)·bj]` row-major.
+    PerOutput {
+        source: Source<'a, B>,
+        /// Products symmetric under o ↔ o2 in an off-diagonal pair: every output's product
+        /// is kept (slot o), and the blocks o2 < o are read from output o2's.
+        mirror: bool,
+        outs: Vec<TensorData>,
+    },
+}
+
+/// Where a layer's per-output products are formed.
+pub(super) enum Source<'a, B: Kernels> {
+    /// The backend's matmul, on the tiles' signals or gradient rows.
+    Device(&'a Tensor<B, 2>, &'a Tensor<B, 2>),
+    /// Host memory: both tiles' signals copied once per pair (`[c·b, d]`, rows output-major;
+    /// the row tile's alone in a diagonal pair), each output's product written into a
+    /// buffer (reused unless `mirror`).
+    Host {
+        rows: TensorData,
+        cols: Option<TensorData>,
+        d: usize,
+    },
+}
+
+impl<'a, B: Kernels> Products<'a, B> {
+    /// The products of two tiles' features of one layer; a [`Products::Whole`] product is
+    /// formed here, its operations added to `flops`.
+    pub(super) fn new(
+        a: &'a Feature<B>,
+        b: &'a Feature<B>,
+        diag: bool,
+        host: bool,
+        flops: &mut f64,
+    ) -> Self {
+        let per_output = |source, mirror| Products::PerOutput {
+            source,
+            mirror,
+            outs: Vec::new(),
+        };
+        match (a, b) {
+            (Feature::Affine { units: true, .. }, Feature::Affine { units: true, .. }) => {
+                Products::Units
+            }
+            (
+                Feature::Affine {
+                    delta: di,
+                    symmetric: si,
+                    ..
+                },
+                Feature::Affine {
+                    delta: dj,
+                    symmetric: sj,
+                    ..
+                },
+            ) => {
+                let mirror = !diag && *si && *sj;
+                let source = if host {
+                    let rows = di.clone().into_data();
+                    let cols = (!diag).then(|| dj.clone().into_data());
+                    Source::Host {
+                        rows,
+                        cols,
+                        d: di.dims()[1],
+                    }
+                } else {
+                    Source::Device(di, dj)
+                };
+                per_output(source, mirror)
+            }
+            (Feature::Rows(ri), Feature::Rows(rj)) if !diag => {
+                let ([m, k], [n, _]) = (ri.dims(), rj.dims());
+                *flops += product_flops(m, n, k);
+                Products::Whole(ri.clone().matmul(rj.clone().transpose()).into_data())
+            }
+            (Feature::Rows(ri), Feature::Rows(rj)) => per_output(Source::Device(ri, rj), false),
+            _ => unreachable!("same layers in every chunk"),
+        }
+    }
+
+    /// For output o of a per-output layer: the first output o2 whose products with o's rows
+    /// are formed, and the slot of `outs` that holds them.
+    fn span(mirror: bool, diag: bool, o: usize) -> (usize, usize) {
+        let from = if diag || mirror { o } else { 0 };
+        (from, if mirror { o } else { 0 })
+    }
+
+    /// Forms output o's products (per-output layers only); returns their floating-point
+    /// operations.
+    pub(super) fn form(&mut self, o: usize, shape: PairShape) -> f64 {
+        let PairShape { diag, c, bi, bj } = shape;
+        let Products::PerOutput {
+            source,
+            mirror,
+            outs,
+        } = self
+        else {
+            return 0.0;
+        };
+        let (from, slot) = Self::span(*mirror, diag, o);
+        let width = (c - from) * bj;
+        let depth = match source {
+            Source::Device(ri, _) => ri.dims()[1],
+            Source::Host { d, .. } => *d,
+        };
+        match source {
+            Source::Device(ri, rj) => {
+                let p = ri
+                    .clone()
+                    .narrow(0, o * bi, bi)
+                    .matmul(rj.clone().narrow(0, from * bj, width).transpose())
+                    .into_data();
+                if slot < outs.len() {
+                    outs[slot] = p;
+                } else {
+                    outs.push(p);
+                }
+            }
+            Source::Host { rows, cols, d } => {
+                // A reused buffer is sized for the widest output, a kept one for its own.
+                if slot == outs.len() {
+                    let len = bi * if *mirror { width } else { c * bj };
+                    outs.push(match rows.dtype {
+                        DType::F64 => TensorData::new(vec![0.0f64; len], [len]),
+                        _ => TensorData::new(vec![0.0f32; len], [len]),
+                    });
+                }
+                let cols = cols.as_ref().unwrap_or(rows);
+                let out = &mut outs[slot];
+                let (r, k) = (o * bi..(o + 1) * bi, from * bj..from * bj + width);
+                match rows.dtype {
+                    DType::F64 => host_rows_product::<f64>(rows, r, cols, k, *d, out),
+                    _ => host_rows_product::<f32>(rows, r, cols, k, *d, out),
+                }
+            }
+        }
+        product_flops(bi, width, depth)
+    }
+
+    /// The term of block (o, o2) in output o's rows, o2 ≥ o0, or `None` where the layer
+    /// contributes nothing.
+    pub(super) fn term<'t>(
+        &'t self,
+        o: usize,
+        o2: usize,
+        shape: PairShape,
+        weight: Option<&'t [f64]>,
+    ) -> Option<Term<'t>> {
+        let PairShape { diag, c, bi, bj } = shape;
+        match self {
+            Products::Units => (o == o2).then_some(Term {
+                data: None,
+                offset: 0,
+                stride: bj,
+                weight,
+            }),
+            Products::Whole(p) => Some(Term {
+                data: Some(p),
+                offset: o * bi * c * bj + o2 * bj,
+                stride: c * bj,
+                weight,
+            }),
+            Products::PerOutput { mirror, outs, .. } => {
+                let (from, slot) = Self::span(*mirror, diag, o);
+                Some(if o2 >= from {
+                    Term {
+                        data: Some(&outs[slot]),
+                        offset: (o2 - from) * bj,
+                        stride: (c - from) * bj,
+                        weight,
+                    }
+                } else {
+                    // Symmetric products: block (o, o2) equals block (o2, o) of output o2.
+                    Term {
+                        data: Some(&outs[o2]),
+                        offset: (o - o2) * bj,
+                        stride: (c - o2) * bj,
+                        weight,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// `out[..rows·cols]` ← the products of `a`'s rows `rows` with `b`'s rows `cols` (both
+/// `[·, d]` row-major), `[rows.len(), cols.len()]` row-major.
+pub(super) fn host_rows_product<E: GemmElem + burn::tensor::Element>(
+    a: &TensorData,
+    rows: Range<usize>,
+    b: &TensorData,
+    cols: Range<usize>,
+    d: usize,
+    out: &mut TensorData,
+) {
+    let same = "the product's operands and output share one dtype";
+    let len = rows.len() * cols.len();
+    row_products(
+        &a.as_slice::<E>().expect(same)[rows.start * d..rows.end * d],
+        &b.as_slice::<E>().expect(same)[cols.start * d..cols.end * d],
+        d,
+        &mut out.as_mut_slice::<E>().expect(same)[..len],
+    );
+}
+
+/// One layer's product in a block: row i of the block is `data[offset + i·stride..][..bj]`
+/// (all ones when `data` is `None`), weighted element-wise by `weight` (`[bi, bj]`) when
+/// given.
+pub(super) struct Term<'a> {
+    pub(super) data: Option<&'a TensorData>,
+    pub(super) offset: usize,
+    pub(super) stride: usize,
+    pub(super) weight: Option<&'a [f64]>,
+}
