@@ -307,3 +307,115 @@ fn k_above_the_rank_of_g_is_clamped_and_said() {
     assert_eq!(top.len(), 80);
     assert!(t0.elapsed() < std::time::Duration::from_secs(120));
 }
+
+/// A tiny run (an FNN on 8×8 synthetic images, 10 steps, a checkpoint every 5) in `dir`.
+fn tiny_run(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--out",
+        dir.to_str().unwrap(),
+        "--set",
+        "data.n_train=64",
+        "--set",
+        "data.n_test=16",
+        "--set",
+        "data.image_size=8",
+        "--set",
+        "model={kind = \"fnn\", hidden = [256], activation = \"relu\"}",
+        "--set",
+        "probe.enabled=false",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.steps=10",
+        "--set",
+        "train.log_every=2",
+        "--set",
+        "train.checkpoint_every=5",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Damaged run state is named, with what to do: a truncated or edited `metrics.jsonl` no
+/// longer matches the checkpoint; a checkpoint whose checksum fails is skipped, with a
+/// warning, for the newest intact one.
+#[test]
+fn damaged_run_state_is_named_and_resume_falls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = tiny_run(&dir, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log_path = dir.join("metrics.jsonl");
+    let log = std::fs::read(&log_path).unwrap();
+    let resume = || run(&["train", "--resume", dir.to_str().unwrap()]);
+
+    std::fs::write(&log_path, &log[..log.len() / 3]).unwrap();
+    assert_one_line_error(
+        &resume(),
+        &[
+            "metrics.jsonl",
+            "step-0000000010.ckpt",
+            "truncated",
+            "restore the log",
+        ],
+    );
+
+    let mut edited = log.clone();
+    let at = edited.iter().position(|&b| b == b'0').unwrap();
+    edited[at] = b'9';
+    std::fs::write(&log_path, &edited).unwrap();
+    assert_one_line_error(&resume(), &["metrics.jsonl", "edited", "start afresh"]);
+
+    // The log as it was; the newest checkpoint damaged: the run continues from step 5.
+    std::fs::write(&log_path, &log).unwrap();
+    let newest = dir.join("checkpoints/step-0000000010.ckpt");
+    let mut ck = std::fs::read(&newest).unwrap();
+    let mid = ck.len() / 2;
+    ck[mid] ^= 0x10;
+    std::fs::write(&newest, &ck).unwrap();
+    let out = resume();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("step-0000000010.ckpt is damaged (checksum mismatch)")
+            && stderr.contains("trying an older checkpoint"),
+        "{stderr}"
+    );
+    // Resumed at step 5 and trained to 10: the same log as the uninterrupted run.
+    assert_eq!(std::fs::read(&log_path).unwrap(), log);
+}
+
+/// An output folder that cannot be created, and a file-size limit hit mid-run (a full disk
+/// as the process sees it), each end in one line naming the file; no temporary file is left.
+#[test]
+fn unwritable_output_and_a_file_size_limit_are_one_line() {
+    let out = tiny_run(std::path::Path::new("/proc/noisegeom-test/run"), &[]);
+    assert_one_line_error(&out, &["cannot write /proc/noisegeom-test/run"]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    // `ulimit -f 64`: files of at most 64 KiB; a checkpoint of this net is about 420 KB.
+    let script = format!(
+        "ulimit -f 64 && exec \"$0\" train --config configs/quickstart.toml --out {} --set data.n_train=64 --set data.n_test=16 --set data.image_size=8 --set 'model={{kind = \"fnn\", hidden = [256], activation = \"relu\"}}' --set probe.enabled=false --set train.batch_size=16 --set train.steps=10 --set train.checkpoint_every=5",
+        dir.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_noisegeom")])
+        .current_dir(crate::support::root())
+        .env("NOISEGEOM_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["step-0000000005.ckpt", "File too large"]);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

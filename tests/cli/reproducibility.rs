@@ -133,12 +133,13 @@ fn probes_do_not_perturb_training() {
         losses(&without),
         "probes changed the training losses"
     );
-    // The checkpoint header records the log's length, which the probe events change; the
-    // payload after it (parameters and momentum) must be bitwise the same.
+    // The checkpoint header records the log's length, which the probe events change (and so
+    // does the file's trailing checksum); the payload between them (parameters and momentum)
+    // must be bitwise the same.
     let payload = |ck: Vec<u8>| {
-        assert_eq!(&ck[..8], b"NGCKPT01");
+        assert_eq!(&ck[..8], b"NGCKPT02");
         let header = u64::from_le_bytes(ck[8..16].try_into().unwrap()) as usize;
-        ck[16 + header..].to_vec()
+        ck[16 + header..ck.len() - 8].to_vec()
     };
     assert_eq!(
         payload(final_checkpoint(&with)),

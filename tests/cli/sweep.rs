@@ -204,6 +204,15 @@ fn slurm_templates_run_every_shard_and_merge_through_bash() {
         text.contains(r#"--shard "$SLURM_ARRAY_TASK_ID/$SHARDS""#),
         "the array task id is the shard"
     );
+    // SIGTERM before the time limit's SIGKILL, to the batch step, which execs noisegeom.
+    assert!(
+        text.contains("\n#SBATCH --signal=B:TERM@"),
+        "an early warning"
+    );
+    assert!(
+        text.contains("\nexec \"$NOISEGEOM\""),
+        "noisegeom is the batch step"
+    );
     // Every variable the header documents is read by the script.
     for v in [
         "CONFIG",

@@ -14,10 +14,11 @@
 //!
 //! The exit code is 128 + the signal: 130 after SIGINT, 143 after SIGTERM.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 
 /// How long a cooperative stop may take before the process exits anyway.
@@ -52,6 +53,9 @@ fn name(signal: i32) -> &'static str {
 
 /// Installs the handlers: a thread waits for the signals and acts as described above.
 pub fn install(mode: OnSignal) -> std::io::Result<()> {
+    // A file-size limit (`ulimit -f`) would kill the process mid-write by SIGXFSZ; caught,
+    // the write fails with "File too large" instead, and the command ends with one line.
+    signal_hook::flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
         .name("signals".into())

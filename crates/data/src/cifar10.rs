@@ -215,4 +215,46 @@ mod tests {
             "{err}"
         );
     }
+
+    /// Seeded corruptions of the test batch: truncations, appended bytes and flipped bytes.
+    /// A file of the wrong size and a label byte ≥ 10 are errors; a flipped pixel is still a
+    /// valid file; nothing panics or reads past the file.
+    #[test]
+    fn fuzzed_batches_fail_cleanly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let labels: Vec<u8> = (0..RECORDS_PER_FILE).map(|r| (r % 10) as u8).collect();
+        let pixels = vec![9u8; RECORDS_PER_FILE * 3072];
+        let path = tmp.path().join(TEST_FILE);
+        write_batch(&path, &labels, &pixels).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for case in 0..12 {
+            let mut bytes = good.clone();
+            let at = next(good.len());
+            let expect_ok = match case % 3 {
+                0 => {
+                    bytes.truncate(at);
+                    false
+                }
+                1 => {
+                    bytes.extend(std::iter::repeat_n(0u8, 1 + at % 5000));
+                    false
+                }
+                _ => {
+                    bytes[at] ^= 0xf0;
+                    // A label byte (first of a record) turns 0..9 into 240..249.
+                    at % RECORD_BYTES != 0
+                }
+            };
+            std::fs::write(&path, &bytes).unwrap();
+            let got = load(tmp.path(), Split::Test);
+            assert_eq!(got.is_ok(), expect_ok, "case {case} (byte {at})");
+        }
+    }
 }

@@ -130,8 +130,19 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let dims: Vec<usize> = (0..ndim)
         .map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().unwrap()) as usize)
         .collect();
-    let expected = header + dims.iter().product::<usize>();
-    if bytes.len() != expected {
+    // The declared dimensions are checked against the bytes present before anything is
+    // allocated from them.
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_add(header));
+    if expected != Some(bytes.len()) {
+        let Some(expected) = expected else {
+            return Err(bad(
+                path,
+                format!("dimensions {dims:?} overflow; the header is corrupt"),
+            ));
+        };
         return Err(bad(
             path,
             format!(
@@ -226,6 +237,57 @@ mod tests {
 
         let err = load(&tmp.path().join("x"), Split::Train, "mnist").unwrap_err();
         assert!(matches!(err, DataError::MissingDir { .. }));
+    }
+
+    /// Seeded corruptions of raw and gzipped IDX files: truncations, flipped bytes and huge
+    /// declared dimensions. A truncation and a damaged raw header are errors; a flipped pixel
+    /// of a raw file is still a valid file (with that pixel changed); a damaged gzip file is an
+    /// error or, where the damage hits bits that decoding ignores (the header's time and OS
+    /// fields, padding), gives back exactly the original data (its CRC-32 checks that). None
+    /// panics or allocates what a corrupt header declares.
+    #[test]
+    fn fuzzed_idx_files_fail_cleanly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for gz in [false, true] {
+            let path = tmp.path().join(if gz { "x.gz" } else { "x" });
+            write_idx(&path, &[6, 28, 28], &vec![7u8; 6 * 784]).unwrap();
+            let good = std::fs::read(&path).unwrap();
+            for case in 0..150 {
+                let mut bytes = good.clone();
+                let (kind, at) = (case % 3, next(good.len()));
+                match kind {
+                    0 => bytes.truncate(at),
+                    1 => bytes[at] ^= 1 << next(8),
+                    _ if gz => bytes[at] ^= 0xff,
+                    // A dimension declared as 2³² − 1.
+                    _ => bytes[4 + 4 * next(3)..][..4].copy_from_slice(&[0xff; 4]),
+                }
+                std::fs::write(&path, &bytes).unwrap();
+                let got = read_idx(&path);
+                let what = format!("case {case} (gz {gz}, kind {kind}, byte {at})");
+                match (gz, kind) {
+                    (_, 0) => assert!(got.is_err(), "{what}"),
+                    (true, _) => {
+                        if let Ok((dims, data)) = got {
+                            assert_eq!(dims, vec![6, 28, 28], "{what}");
+                            assert_eq!(data, vec![7u8; 6 * 784], "{what}");
+                        }
+                    }
+                    (false, 1) if at >= 16 => {
+                        let (dims, data) = got.unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert_eq!((dims, data.len()), (vec![6, 28, 28], 6 * 784));
+                    }
+                    (false, _) => assert!(got.is_err(), "{what}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,18 +1,22 @@
 //! Checkpoints: parameters, optimiser state, step and log position, in one atomically
 //! written file.
 //!
-//! Layout: the 8 bytes `NGCKPT01`, a little-endian u64 header length, a JSON header, then
-//! the parameters and (if any) the momentum buffer as little-endian f64. The header holds a
-//! checksum of the payload, so a damaged file is detected instead of loaded.
+//! Layout: the 8 bytes `NGCKPT02`, a little-endian u64 header length, a JSON header, the
+//! parameters and (if any) the momentum buffer as little-endian f64, and a little-endian u64
+//! checksum (FNV-1a) of every byte before it, so damage anywhere, header included, is
+//! detected instead of loaded. Files of the first layout, `NGCKPT01` (no trailing checksum;
+//! the header's checksum covers the payload), still load.
 
 use std::path::{Path, PathBuf};
 
 use noisegeom_models::Arch;
 use serde::{Deserialize, Serialize};
 
-use crate::fsio::write_atomic;
+use crate::fsio::{LogMark, fnv, write_atomic};
 
-const MAGIC: &[u8; 8] = b"NGCKPT01";
+const MAGIC: &[u8; 8] = b"NGCKPT02";
+/// The first layout, without the trailing checksum.
+const MAGIC_V1: &[u8; 8] = b"NGCKPT01";
 
 /// Everything needed to continue a run exactly where it stopped.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +29,9 @@ pub struct Checkpoint {
     pub momentum: Option<Vec<f64>>,
     /// Length of `metrics.jsonl` when the checkpoint was taken.
     pub log_bytes: u64,
+    /// Checksum of those bytes ([`fnv`]); `None` in checkpoints written before it was
+    /// recorded.
+    pub log_checksum: Option<u64>,
     /// The training losses summed since the last logged step, and how many: the logged loss
     /// averages this window, so a run resumed between log steps continues the same sum.
     pub loss_window: (f64, u64),
@@ -40,6 +47,8 @@ struct Header {
     num_params: usize,
     has_momentum: bool,
     log_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_checksum: Option<u64>,
     /// [`Checkpoint::loss_window`]'s sum as its bits (exact through JSON), and its count;
     /// absent in checkpoints written before they were recorded (an empty window).
     #[serde(default)]
@@ -64,13 +73,16 @@ pub enum CheckpointError {
     Damaged { path: PathBuf, problem: String },
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 impl Checkpoint {
+    /// Where the log was when this checkpoint was taken (`None` for checkpoints that did not
+    /// record its checksum).
+    pub fn log_mark(&self) -> Option<LogMark> {
+        self.log_checksum.map(|checksum| LogMark {
+            bytes: self.log_bytes,
+            checksum,
+        })
+    }
+
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let mut payload = Vec::with_capacity(8 * self.params.len() * 2);
         for v in self.params.iter().chain(self.momentum.iter().flatten()) {
@@ -81,6 +93,7 @@ impl Checkpoint {
             num_params: self.params.len(),
             has_momentum: self.momentum.is_some(),
             log_bytes: self.log_bytes,
+            log_checksum: self.log_checksum,
             window_sum_bits: self.loss_window.0.to_bits(),
             window_steps: self.loss_window.1,
             probe_pending: self.probe_pending,
@@ -93,6 +106,8 @@ impl Checkpoint {
         out.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
         out.extend_from_slice(&payload);
+        let trailer = fnv(&out);
+        out.extend_from_slice(&trailer.to_le_bytes());
         write_atomic(path, &out)
     }
 
@@ -105,19 +120,39 @@ impl Checkpoint {
             path: path.to_path_buf(),
             problem: problem.to_string(),
         };
-        if bytes.len() < 16 || &bytes[..8] != MAGIC {
-            return Err(damaged("not a noisegeom checkpoint"));
-        }
-        let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
-        let header: Header = bytes
-            .get(16..16 + hlen)
+        let trailer = match bytes.get(..8) {
+            Some(m) if m == MAGIC => 8,
+            Some(m) if m == MAGIC_V1 => 0,
+            _ => return Err(damaged("not a noisegeom checkpoint")),
+        };
+        let hlen = bytes
+            .get(8..16)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .and_then(|h| usize::try_from(h).ok())
+            .ok_or_else(|| damaged("truncated header"))?;
+        let header: Header = 16usize
+            .checked_add(hlen)
+            .and_then(|end| bytes.get(16..end))
             .and_then(|h| serde_json::from_slice(h).ok())
             .ok_or_else(|| damaged("unreadable header"))?;
-        let payload = &bytes[16 + hlen..];
-        let count = header.num_params * if header.has_momentum { 2 } else { 1 };
-        if payload.len() != 8 * count {
-            return Err(damaged("truncated payload"));
+        // The declared sizes are checked against the file's length before anything is
+        // allocated from them.
+        let payload_bytes = header
+            .num_params
+            .checked_mul(if header.has_momentum { 16 } else { 8 });
+        let expected = payload_bytes.and_then(|n| (16 + hlen).checked_add(n)?.checked_add(trailer));
+        if expected != Some(bytes.len()) {
+            return Err(damaged(if expected.is_some_and(|e| bytes.len() > e) {
+                "trailing bytes after the payload"
+            } else {
+                "truncated payload"
+            }));
         }
+        let (body, sum) = bytes.split_at(bytes.len() - trailer);
+        if trailer > 0 && fnv(body).to_le_bytes()[..] != *sum {
+            return Err(damaged("checksum mismatch"));
+        }
+        let payload = &body[16 + hlen..];
         if fnv(payload) != header.checksum {
             return Err(damaged("checksum mismatch"));
         }
@@ -131,6 +166,7 @@ impl Checkpoint {
             params: params.to_vec(),
             momentum: header.has_momentum.then(|| rest.to_vec()),
             log_bytes: header.log_bytes,
+            log_checksum: header.log_checksum,
             loss_window: (f64::from_bits(header.window_sum_bits), header.window_steps),
             probe_pending: header.probe_pending,
             arch: header.arch,
@@ -176,6 +212,7 @@ mod tests {
             params: vec![1.5, -2.0, 1e-300],
             momentum: Some(vec![0.0, 0.25, 3.0]),
             log_bytes: 99,
+            log_checksum: Some(7),
             loss_window: (0.1 + 0.2, 3),
             probe_pending: true,
             arch: Arch {
@@ -200,5 +237,74 @@ mod tests {
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
         let err = Checkpoint::load(&p).unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    /// Seeded corruptions of a checkpoint: truncations, flipped bits anywhere (header and
+    /// checksum included), and huge declared sizes. Every one is an error naming the damage;
+    /// none panics or allocates what a corrupt header declares.
+    #[test]
+    fn fuzzed_checkpoints_are_all_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = Checkpoint {
+            step: 40,
+            params: (0..50).map(|k| k as f64 / 7.0).collect(),
+            momentum: Some(vec![0.5; 50]),
+            log_bytes: 1234,
+            log_checksum: Some(0xfeed),
+            loss_window: (0.75, 2),
+            probe_pending: false,
+            arch: Arch {
+                input_shape: vec![49],
+                stages: vec![Stage::Dense { out: 1, bias: true }],
+            },
+        };
+        let p = tmp.path().join(file_name(40));
+        ck.save(&p).unwrap();
+        let good = std::fs::read(&p).unwrap();
+        assert_eq!(Checkpoint::load(&p).unwrap(), ck);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for case in 0..400 {
+            let mut bytes = good.clone();
+            match case % 4 {
+                0 => bytes.truncate(next(good.len())),
+                1 => {
+                    let at = next(good.len());
+                    bytes[at] ^= 1 << next(8);
+                }
+                // The header length declared as 2⁶⁴ − 1.
+                2 => bytes[8..16].copy_from_slice(&[0xff; 8]),
+                // A huge parameter count (2⁶⁴ − 1 or 10¹⁴), the header still valid JSON.
+                _ => {
+                    let needle = b"\"num_params\":50";
+                    let huge: &[u8] = if case % 8 == 3 {
+                        b"\"num_params\":18446744073709551615"
+                    } else {
+                        b"\"num_params\":99999999999999"
+                    };
+                    let at = bytes
+                        .windows(needle.len())
+                        .position(|w| w == needle)
+                        .expect("the header names num_params");
+                    let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+                    let grown = hlen + (huge.len() - needle.len()) as u64;
+                    bytes.splice(at..at + needle.len(), huge.iter().copied());
+                    bytes[8..16].copy_from_slice(&grown.to_le_bytes());
+                }
+            }
+            std::fs::write(&p, &bytes).unwrap();
+            let Err(err) = Checkpoint::load(&p) else {
+                panic!("case {case} loaded")
+            };
+            assert!(
+                matches!(err, CheckpointError::Damaged { .. }),
+                "case {case}: {err}"
+            );
+        }
     }
 }

@@ -118,7 +118,7 @@ impl ProbeSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossKind {
-    /// L = 1/(2n) Σ_i ||f(x_i) − y_i||², summed over outputs (SPEC §1), one-hot targets.
+    /// L = 1/(2n) Σ_i ||f(x_i) − y_i||², summed over outputs (docs/definitions.md §1), one-hot targets.
     #[default]
     Mse,
     /// Mean softmax cross-entropy (classification only).
@@ -413,5 +413,47 @@ period = 20
             .unwrap_err()
             .to_string();
         assert!(err.contains("train.lr.max = -0.1"), "{err}");
+    }
+
+    /// Seeded corruptions of a valid config (flipped and deleted characters, truncations)
+    /// each parse to a config or to a one-line error; none panics.
+    #[test]
+    fn fuzzed_configs_parse_or_fail_cleanly() {
+        let good = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/quickstart.toml"
+        ))
+        .unwrap();
+        assert!(ExperimentConfig::from_toml(&good, "quickstart").is_ok());
+        let chars: Vec<char> = good.chars().collect();
+        let mut state = 0x0bad_5eed_1234_5678u64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        let mut errors = 0;
+        for case in 0..300 {
+            let mut c = chars.clone();
+            let at = next(c.len());
+            match case % 3 {
+                0 => c.truncate(at),
+                1 => {
+                    c.remove(at);
+                }
+                _ => c[at] = ['=', '[', '"', '9', '-', '\n', 'x', '.'][next(8)],
+            }
+            let text: String = c.into_iter().collect();
+            if let Err(e) = ExperimentConfig::from_toml(&text, "fuzzed") {
+                errors += 1;
+                let msg = e.to_string();
+                assert!(
+                    !msg.is_empty() && !msg.contains('\n'),
+                    "case {case}: {msg:?}"
+                );
+            }
+        }
+        assert!(errors > 100, "only {errors} of 300 corruptions were errors");
     }
 }

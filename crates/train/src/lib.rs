@@ -51,6 +51,14 @@ pub enum TrainError {
         source: std::io::Error,
     },
     #[error(
+        "{log} no longer matches checkpoint {checkpoint}: {problem}; restore the log, or delete the run directory to start afresh"
+    )]
+    DamagedLog {
+        log: PathBuf,
+        checkpoint: PathBuf,
+        problem: String,
+    },
+    #[error(
         "run directory {dir} already holds a run; continue it with `noisegeom train --resume {dir}` or choose another --out"
     )]
     RunExists { dir: PathBuf },

@@ -41,13 +41,14 @@ impl<B: AutodiffKernels> Resumable<'_, B> {
         };
         log.write(&json!({"kind": "checkpoint", "step": step}))
             .map_err(log_err)?;
-        let log_bytes = log.sync().map_err(log_err)?;
+        let mark = log.sync().map_err(log_err)?;
         let path = dir.join(checkpoint::file_name(step));
         Checkpoint {
             step,
             params: flatten(self.model),
             momentum: self.sgd.state(),
-            log_bytes,
+            log_bytes: mark.bytes,
+            log_checksum: Some(mark.checksum),
             loss_window: self.loss_window,
             probe_pending: self.probe_pending,
             arch: arch.clone(),

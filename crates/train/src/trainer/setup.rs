@@ -10,7 +10,7 @@ use serde_json::json;
 use super::RunOptions;
 use super::eval::newest_checkpoint;
 use crate::checkpoint::{self, Checkpoint};
-use crate::fsio::write_atomic;
+use crate::fsio::{check_log, write_atomic};
 use crate::sgd::{Sgd, SgdConfig};
 use crate::{ExperimentConfig, LossKind, TrainError};
 
@@ -145,7 +145,14 @@ impl Setup {
         };
         let arch = &self.arch;
         Ok(match &self.resume_from {
-            Some((_, ck)) => {
+            Some((path, ck)) => {
+                if let Some(mark) = ck.log_mark() {
+                    check_log(&self.log_path, mark).map_err(|problem| TrainError::DamagedLog {
+                        log: self.log_path.clone(),
+                        checkpoint: path.clone(),
+                        problem,
+                    })?;
+                }
                 if ck.arch != *arch {
                     return Err(TrainError::Config {
                         path: self.dir.join("config.toml").display().to_string(),
