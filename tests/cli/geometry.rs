@@ -253,3 +253,114 @@ fn plot_draws_runs_and_writes_csv() {
     assert!(png.starts_with(b"\x89PNG"));
     assert!(out_dir.join("b-probes.csv").is_file());
 }
+
+/// The up-front memory estimate against the measured peak (VmHWM) on three measurements whose
+/// peaks come from different parts: the Gram with K stored (a CNN), the Lanczos basis (an FNN
+/// with p ≈ 1.8·10⁶) and Hutchinson draws. Each estimate is within 2× of the peak, either way.
+#[test]
+fn the_memory_estimate_is_within_2x_of_the_measured_peak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "gram",
+            &[
+                "--set",
+                "data.n_train=128",
+                "--set",
+                "data.n_test=8",
+                "--probe-size",
+                "128",
+                "--what",
+                "mu,spectrum",
+                "--k",
+                "2",
+                "--lanczos-iters",
+                "6",
+                "--no-hessian",
+            ],
+        ),
+        (
+            "lanczos",
+            &[
+                "--set",
+                "data.n_train=64",
+                "--set",
+                "data.n_test=8",
+                "--set",
+                "model={kind = \"fnn\", hidden = [512, 512], activation = \"relu\"}",
+                "--probe-size",
+                "32",
+                "--what",
+                "spectrum",
+                "--k",
+                "20",
+            ],
+        ),
+        (
+            "hutchinson",
+            &[
+                "--set",
+                "data.n_train=256",
+                "--set",
+                "data.n_test=8",
+                "--probe-size",
+                "256",
+                "--what",
+                "mu",
+                "--method",
+                "stochastic",
+                "--hutchinson-samples",
+                "8",
+            ],
+        ),
+    ];
+    for (name, extra) in cases {
+        let file = tmp.path().join(format!("{name}.json"));
+        let mut args = vec![
+            "measure",
+            "--config",
+            "configs/quickstart.toml",
+            "--at-init",
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let r = &v["resources"];
+        let estimate = r["estimate"]["peak_bytes"].as_f64().unwrap();
+        let peak = r["measured_peak_bytes"].as_f64().unwrap();
+        let phase = r["estimate"]["peak_phase"].as_str().unwrap();
+        assert!(
+            (0.5..=2.0).contains(&(peak / estimate)),
+            "{name}: estimated {estimate} bytes ({phase}), measured peak {peak}"
+        );
+    }
+}
+
+/// A measurement whose estimate exceeds `--max-memory` is refused before it starts, with the
+/// estimate and what would make it fit.
+#[test]
+fn a_measurement_over_the_memory_limit_is_refused_at_once() {
+    let mut args = vec!["measure".to_string()];
+    args.extend(tiny(&["--max-memory", "0.001"]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let out = run(&args);
+    crate::support::assert_one_line_error(
+        &out,
+        &[
+            "estimated peak memory",
+            "--max-memory",
+            "--method stochastic",
+            "--probe-size",
+        ],
+    );
+    assert!(started.elapsed().as_secs() < 30, "refused before the work");
+}

@@ -8,6 +8,7 @@ mod backend;
 mod cmd;
 mod env;
 mod malloc;
+mod mem;
 mod progress;
 mod signals;
 mod sources;

@@ -1,7 +1,7 @@
 //! The geometry engine: SGD-noise alignment with curvature, exact where affordable.
 //!
 //! Everything is measured over a fixed probe set of n samples at parameters θ, for the square
-//! loss L(θ) = 1/(2n) Σ_i ||f(x_i; θ) − y_i||² (SPEC §1), and never forms a p×p matrix:
+//! loss L(θ) = 1/(2n) Σ_i ||f(x_i; θ) − y_i||² (docs/definitions.md §1), and never forms a p×p matrix:
 //!
 //! - [`ProbeOps`]: the matrix-free products J v, Jᵀw, G v, M v, Σ₁ v, H v (exact, through
 //!   nested autodiff) and the quadratic forms along a direction.
@@ -26,11 +26,13 @@ mod measure;
 pub mod nested;
 mod ops;
 pub mod report;
+pub mod resources;
 pub mod track;
 
 pub use measure::{Curvature, EigenDirections, MeasureOptions, Measurement, Method, measure};
 pub use ops::{FdOperator, FiniteDifference, ProbeOps, QuadForms};
 pub use report::{Cutoffs, Estimate, Ratio};
+pub use resources::Resources;
 pub use track::{TrackOptions, Tracked, track};
 
 /// Errors from the geometry engine, one line each.

@@ -159,6 +159,35 @@ impl Arch {
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
     }
+
+    /// Per sample: the floats of every stage's output (what a forward pass through an autodiff
+    /// graph keeps), and the floating-point operations of one forward pass (2 per
+    /// multiply-add of the parametric layers).
+    pub fn per_sample_cost(&self) -> (usize, f64) {
+        let mut shape = self.input().expect("validated");
+        let (mut floats, mut flops) = (0usize, 0.0f64);
+        for stage in &self.stages {
+            let next = next_shape(shape, stage).expect("validated");
+            let size = |s: Shape| match s {
+                Shape::Flat(d) => d,
+                Shape::Image(c, h, w) => c * h * w,
+            };
+            flops += match (stage, shape, next) {
+                (
+                    Stage::Dense { .. } | Stage::FixedDense { .. },
+                    Shape::Flat(d),
+                    Shape::Flat(o),
+                ) => 2.0 * (d * o) as f64,
+                (Stage::Conv { kernel, .. }, Shape::Image(c, _, _), Shape::Image(o, h, w)) => {
+                    2.0 * (kernel * kernel * c * o * h * w) as f64
+                }
+                _ => size(next) as f64,
+            };
+            floats += size(next);
+            shape = next;
+        }
+        (floats, flops)
+    }
 }
 
 fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {

@@ -49,17 +49,9 @@ impl Timing {
     }
 }
 
-/// Resets the kernel's peak-RSS mark for this process (Linux ≥ 4.0; elsewhere a no-op).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// The peak resident set size since the last reset, in MB (Linux).
 fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    crate::mem::peak_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
 pub struct BenchJob {
@@ -149,7 +141,7 @@ impl Job for BenchJob {
                     HEAVY_WORKLOADS.join(", ")
                 );
             }
-            reset_peak_rss();
+            crate::mem::reset_peak();
             let mut t = self.workload::<B>(w, &device, backend)?;
             t.peak_rss_mb = peak_rss_mb();
             out.push(t);
@@ -202,8 +194,9 @@ impl BenchJob {
                 let _graph = autodiff_lock();
                 let m = model.take().expect("model");
                 let loss = mse(m.forward_pass(x.clone(), Pass::Train), y.clone());
-                // As the trainer does: read the step's loss back (this waits for the device,
-                // and for the previous step's update, which the forward depends on).
+                // Read the step's loss back: this waits for the device (and for the previous
+                // step's update, which the forward depends on), so each timed call is a whole
+                // step. The trainer reads losses only when its log needs them.
                 sink += loss.clone().into_scalar().elem::<f64>();
                 let grads = loss.backward();
                 model = Some(sgd.step(m, grads, 0.01));
