@@ -60,7 +60,7 @@ impl Observer for Silent {}
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SetStats {
     pub samples: usize,
-    /// Square loss, 1/(2n) Σ ||f − y||² (SPEC §1).
+    /// Square loss, 1/(2n) Σ ||f − y||² (docs/definitions.md §1).
     pub mse: f64,
     /// Mean cross-entropy, when training minimises it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,7 +124,7 @@ pub fn train<B: AutodiffKernels>(
         mut sgd,
         step: start,
         log_keep,
-        mut window,
+        window,
         mut probe_pending,
     } = run.start::<B>(opts.resume, device)?;
     let (cfg, prepared, arch) = (&run.cfg, &run.prepared, &run.arch);
@@ -217,36 +217,37 @@ pub fn train<B: AutodiffKernels>(
 
     let (mut train_s, mut eval_s, mut ckpt_s) = (0.0, 0.0, 0.0);
     let mut final_eval = None;
+    let mut losses = step::Losses::<B::InnerBackend>::new(window);
+    // Where the losses read back go (a macro: the borrows are taken at each read).
+    macro_rules! sink {
+        () => {
+            step::LossSink {
+                log: &mut log,
+                log_path,
+                observer: &mut *observer,
+                log_every: t.log_every,
+                total,
+                last_checkpoint: &last_ckpt,
+            }
+        };
+    }
     for step in start..total {
         let t0 = Instant::now();
         let graph = autodiff_lock();
         let lr = t.lr.lr(step);
         let batch = sampler.batch(step);
-        let (value, grads) = step::gradient(&model, &train_set, &batch, t);
-        if !value.is_finite() {
-            log.write(
-                &json!({"kind": "diverged", "step": step, "lr": lr, "loss": format!("{value}")}),
-            )
-            .map_err(log_err)?;
-            return Err(TrainError::Diverged {
-                step,
-                lr,
-                loss: value,
-                checkpoint: last_ckpt,
-            });
-        }
+        let (parts, grads) = step::gradient(&model, &train_set, &batch, t);
         model = sgd.apply(model, grads, lr);
         drop(graph);
-        train_s += t0.elapsed().as_secs_f64();
+        losses.push(step, lr, parts);
 
         let done = step + 1;
-        window = (window.0 + value, window.1 + 1);
-        observer.stepped(done, value, lr);
-        if done % t.log_every == 0 || done == total {
-            log.write(&json!({"kind": "step", "step": done, "lr": lr, "loss": window.0 / window.1 as f64}))
-                .map_err(log_err)?;
-            window = (0.0, 0);
+        let probe_due = probe.as_ref().is_some_and(|p| p.due(done, total));
+        let ckpt_due = done % ckpt_every == 0 || done == total;
+        if done % t.log_every == 0 || done % t.eval_every == 0 || probe_due || ckpt_due {
+            losses.read(sink!())?;
         }
+        train_s += t0.elapsed().as_secs_f64();
         if done % t.eval_every == 0 || done == total {
             let t1 = Instant::now();
             let valid = model.valid();
@@ -262,17 +263,18 @@ pub fn train<B: AutodiffKernels>(
             observer.evaluated(&eval);
             final_eval = Some(eval);
         }
-        if let Some(p) = probe.as_mut().filter(|p| p.due(done, total)) {
+        if let Some(p) = probe.as_mut().filter(|_| probe_due) {
             probe_pending =
                 interrupted(run_probe(p, &model.valid(), done, lr, &mut log, observer))?;
         }
         let stop = stop_requested(observer);
-        if done % ckpt_every == 0 || done == total || stop {
+        if ckpt_due || stop {
+            losses.read(sink!())?;
             let t2 = Instant::now();
             let state = Resumable {
                 model: &model,
                 sgd: &sgd,
-                loss_window: window,
+                loss_window: losses.window,
                 probe_pending,
             };
             let path = state.save(ckpt_dir, &mut log, log_path, done, arch)?;
