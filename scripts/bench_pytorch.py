@@ -59,7 +59,7 @@ def cnn():
 
 
 def mse(out, y):
-    # SPEC: L = 1/(2n) sum ||f - y||^2
+    # docs/definitions.md §1: L = 1/(2n) sum ||f - y||^2
     return 0.5 * ((out - y) ** 2).sum() / out.shape[0]
 
 

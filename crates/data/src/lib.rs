@@ -7,7 +7,7 @@
 //!
 //! - [`cifar10`]: the official CIFAR-10 *binary* files, validated byte by byte.
 //! - [`idx`]: MNIST / Fashion-MNIST IDX files, raw or gzipped.
-//! - [`synthetic`]: Gaussian linear-teacher regression (SPEC §5) and a CIFAR-shaped image task
+//! - [`synthetic`]: Gaussian linear-teacher regression (docs/definitions.md §13) and a CIFAR-shaped image task
 //!   labelled by a fixed random teacher network.
 //! - [`Sampler`]: minibatch indices as a pure function of `(seed, step)`.
 //! - [`stop`]: the process-wide stop request (SIGINT, SIGTERM) that long loops read.

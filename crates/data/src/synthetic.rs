@@ -1,7 +1,7 @@
 //! Generated data. Every generated dataset says so in its [`Provenance`].
 //!
 //! - [`gaussian`]: x ~ N(0, S) with S diagonal (isotropic, or the power law `S_kk = k^{-a}`),
-//!   targets from a linear teacher y = ⟨w*, x⟩ with w* ~ N(0, I) (SPEC §5, Figure 1).
+//!   targets from a linear teacher y = ⟨w*, x⟩ with w* ~ N(0, I) (docs/definitions.md §13, Figure 1).
 //! - [`teacher_images`]: a CIFAR-shaped classification task. Images are random smooth
 //!   patterns plus pixel noise; the label is the argmax of a fixed random two-layer ReLU
 //!   network applied to a 4×4-cell average-pooled copy of the image, with per-class logit offsets
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Dataset, Provenance, Targets, normal_vec, seeded_rng};
 
-/// How the effective dimension of a covariance is measured. **[choice]** (SPEC §5).
+/// How the effective dimension of a covariance is measured. **[choice]** (docs/definitions.md §14).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EffDim {
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn power_law_dimension_matches_spec() {
-        // SPEC §5: Tr(S)/||S||_op = 50 for S = diag(k^{-1/2}) gives D = 662.
+        // docs/definitions.md §13: Tr(S)/||S||_op = 50 for S = diag(k^{-1/2}) gives D = 662.
         assert_eq!(power_law_dim(0.5, 50.0, EffDim::Trace), 662);
         let cov = Covariance::PowerLaw {
             exponent: 0.5,

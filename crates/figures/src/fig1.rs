@@ -1,5 +1,5 @@
 //! Figure 1: loss alignment μ at random θ across model sizes, isotropic and anisotropic
-//! Gaussian data (SPEC §5).
+//! Gaussian data (docs/definitions.md §13).
 //!
 //! n = round(5 ln d_eff) samples x ~ N(0, S), targets y = ⟨w*, x⟩ with w* ~ N(0, I). μ is
 //! exact (through the n×n Gram) at a fresh random θ for each run; each point is the mean ±

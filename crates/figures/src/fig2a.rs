@@ -1,8 +1,8 @@
 //! Figure 2a: noise energy α_k against curvature λ_k over every nonzero eigen-direction of
-//! G, for linear regression on Gaussian data with d large and n ≪ d (SPEC §5).
+//! G, for linear regression on Gaussian data with d large and n ≪ d (docs/definitions.md §13).
 //!
 //! The spectrum comes exactly from the n×n Gram matrix (eig(K/n)), and α_k from the Gram
-//! eigenvectors without forming any p-vector (SPEC §3).
+//! eigenvectors without forming any p-vector (docs/definitions.md §7.3).
 
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, gaussian};

@@ -1,4 +1,4 @@
-//! Figure 3: escape from a sharp minimum, SGD against GD (SPEC §5).
+//! Figure 3: escape from a sharp minimum, SGD against GD (docs/definitions.md §13).
 //!
 //! Over-parameterised linear regression (n < d), y = ⟨w*, x⟩, started at
 //! w₀ ~ N(w*, e^{init_log_var} I/d). With δ = w − w*, the residuals are r = Xδ, the loss is

@@ -1,6 +1,6 @@
 //! Figure 6: the CNN trained several ways (by default SGD+CLR, SGD at a constant LR and
 //! GD+CLR, for the same number of epochs), with the noise geometry followed during
-//! training: λ_max(G), Tr G and μ on a fixed probe set, and the test accuracy (SPEC §5).
+//! training: λ_max(G), Tr G and μ on a fixed probe set, and the test accuracy (docs/definitions.md §13).
 //!
 //! One job per training run. Each is an ordinary run directory in `runs/<name>` (resumable,
 //! readable by `noisegeom plot`), trained with the `[probe]` machinery of `noisegeom train`;

@@ -1,5 +1,5 @@
 //! Figures 2b and 5: curvature λ_k and noise energy α_k along the top eigen-directions of G
-//! for networks on image data, at initialisation and after training (SPEC §5).
+//! for networks on image data, at initialisation and after training (docs/definitions.md §13).
 //!
 //! One method for both figures; only the models differ (2b: the 4-layer CNN and FNN; 5: a
 //! VGG-style and a ResNet-style net without BatchNorm). Per model there are two jobs:

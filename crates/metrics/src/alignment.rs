@@ -1,5 +1,5 @@
 //! Loss alignment μ, the exact nonzero spectrum of G with the noise energy along each
-//! eigen-direction, and directional alignment g(θ, v) (SPEC §2–3).
+//! eigen-direction, and directional alignment g(θ, v) (docs/definitions.md §2–§4).
 
 use noisegeom_kernels::Kernels;
 use rayon::prelude::*;
@@ -38,7 +38,7 @@ pub struct LossAlignment {
     pub method: String,
 }
 
-/// μ and μ_unc exactly from the Gram matrix and the residuals (SPEC §3):
+/// μ and μ_unc exactly from the Gram matrix and the residuals (docs/definitions.md §7.2):
 /// ||G||_F² = ||K||_F²/n², Tr(MG) = (1/n²) Σ_ij ||K_ji e_i||², ∇LᵀG∇L = ||K e||²/n³.
 pub fn exact_alignment(k: &Gram, e: &[f64]) -> LossAlignment {
     let (n, c, dim) = (k.n, k.c, k.dim());
@@ -293,7 +293,7 @@ struct KSums {
 }
 
 impl KSums {
-    /// Scaled to G (SPEC §3), with the residuals `e` (n×c) for 2L = ||e||²/n.
+    /// Scaled to G (docs/definitions.md §7.3), with the residuals `e` (n×c) for 2L = ||e||²/n.
     fn alignment(self, n: usize, c: usize, e: &[f64], method: &str) -> LossAlignment {
         let nf = n as f64;
         let tr_mg = self.q2 / (nf * nf);

@@ -1,4 +1,4 @@
-//! Matrix-free operators over a fixed probe set (SPEC §3): residuals, loss, gradient, J v,
+//! Matrix-free operators over a fixed probe set (docs/definitions.md §6): residuals, loss, gradient, J v,
 //! Jᵀw, G v, M v, Σ₁ v, H v and the quadratic forms along one direction.
 //!
 //! Vectors in parameter space are host `f64` slices in flat-θ order; vectors in output space
@@ -63,7 +63,7 @@ pub struct FiniteDifference {
     pub method: String,
 }
 
-/// The quadratic forms of SPEC §3 along one direction u, from a single JVP.
+/// The quadratic forms of docs/definitions.md §6 along one direction u, from a single JVP.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuadForms {
     /// uᵀGu = (1/n) Σ_i ||s_i||², s = Ju.

@@ -86,7 +86,7 @@ pub fn eps_of(bytes: usize) -> f64 {
     }
 }
 
-/// The cut-offs of SPEC §3, stated in every output that uses them.
+/// The cut-offs of docs/definitions.md §5, stated in every output that uses them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cutoffs {
     /// Machine epsilon of the computation.

@@ -1,4 +1,4 @@
-//! SPEC §4: linear regression on Gaussian data. Finite-n μ, μ_unc, g(v) and α_k/λ_k
+//! docs/definitions.md §12: linear regression on Gaussian data. Finite-n μ, μ_unc, g(v) and α_k/λ_k
 //! converge to their population values; each check averages the finite-n minus population
 //! difference over independent draws and requires it within 3 standard errors of zero.
 

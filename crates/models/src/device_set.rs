@@ -65,7 +65,7 @@ impl<'a, B: Backend> DeviceSet<'a, B> {
     }
 }
 
-/// The square loss of SPEC §1, L = 1/(2n) Σ_i ||out_i − y_i||², as a one-element tensor.
+/// The square loss of docs/definitions.md §1, L = 1/(2n) Σ_i ||out_i − y_i||², as a one-element tensor.
 pub fn mse<B: Backend>(out: Tensor<B, 2>, y: Tensor<B, 2>) -> Tensor<B, 1> {
     let n = out.dims()[0] as f64;
     let e = out - y;

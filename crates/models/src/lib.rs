@@ -37,7 +37,7 @@ pub enum Activation {
     Identity,
     Relu,
     Tanh,
-    /// σ(z) = tanh(z) + 0.1 z: smooth, with σ' ≥ 0.1 everywhere (SPEC §5).
+    /// σ(z) = tanh(z) + 0.1 z: smooth, with σ' ≥ 0.1 everywhere (docs/definitions.md §13).
     Smooth,
 }
 
