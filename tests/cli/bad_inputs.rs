@@ -308,35 +308,21 @@ fn k_above_the_rank_of_g_is_clamped_and_said() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(120));
 }
 
-/// A tiny run (an FNN on 8×8 synthetic images, 10 steps, a checkpoint every 5) in `dir`.
-fn tiny_run(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "train",
-        "--config",
-        "configs/quickstart.toml",
-        "--out",
-        dir.to_str().unwrap(),
-        "--set",
-        "data.n_train=64",
-        "--set",
-        "data.n_test=16",
-        "--set",
-        "data.image_size=8",
-        "--set",
-        "model={kind = \"fnn\", hidden = [256], activation = \"relu\"}",
-        "--set",
-        "probe.enabled=false",
-        "--set",
-        "train.batch_size=16",
-        "--set",
-        "train.steps=10",
-        "--set",
-        "train.log_every=2",
-        "--set",
-        "train.checkpoint_every=5",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+/// The settings of a tiny run: an FNN on 8×8 synthetic images, 10 steps, a checkpoint every 5
+/// (about 420 KB each).
+const TINY_FNN: [&str; 6] = [
+    "model={kind = \"fnn\", hidden = [256], activation = \"relu\"}",
+    "probe.enabled=false",
+    "train.batch_size=16",
+    "train.steps=10",
+    "train.log_every=2",
+    "train.checkpoint_every=5",
+];
+
+/// A tiny run ([`TINY_FNN`]) in `dir`.
+fn tiny_run(dir: &std::path::Path) -> std::process::Output {
+    let args = crate::support::tiny_train(dir, &TINY_FNN);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Damaged run state is named, with what to do: a truncated or edited `metrics.jsonl` no
@@ -346,7 +332,7 @@ fn tiny_run(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
 fn damaged_run_state_is_named_and_resume_falls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let out = tiny_run(&dir, &[]);
+    let out = tiny_run(&dir);
     assert!(
         out.status.success(),
         "{}",
@@ -396,16 +382,17 @@ fn damaged_run_state_is_named_and_resume_falls_back() {
 /// as the process sees it), each end in one line naming the file; no temporary file is left.
 #[test]
 fn unwritable_output_and_a_file_size_limit_are_one_line() {
-    let out = tiny_run(std::path::Path::new("/proc/noisegeom-test/run"), &[]);
+    let out = tiny_run(std::path::Path::new("/proc/noisegeom-test/run"));
     assert_one_line_error(&out, &["cannot write /proc/noisegeom-test/run"]);
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     // `ulimit -f 64`: files of at most 64 KiB; a checkpoint of this net is about 420 KB.
-    let script = format!(
-        "ulimit -f 64 && exec \"$0\" train --config configs/quickstart.toml --out {} --set data.n_train=64 --set data.n_test=16 --set data.image_size=8 --set 'model={{kind = \"fnn\", hidden = [256], activation = \"relu\"}}' --set probe.enabled=false --set train.batch_size=16 --set train.steps=10 --set train.checkpoint_every=5",
-        dir.display()
-    );
+    let quoted: Vec<String> = crate::support::tiny_train(&dir, &TINY_FNN)
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let script = format!("ulimit -f 64 && exec \"$0\" {}", quoted.join(" "));
     let out = std::process::Command::new("bash")
         .args(["-c", &script, env!("CARGO_BIN_EXE_noisegeom")])
         .current_dir(crate::support::root())

@@ -116,3 +116,20 @@ pub fn assert_provenance(env: &serde_json::Value) {
         "provenance: {env}; git status: {status}"
     );
 }
+
+/// `train` on the quickstart config shrunk to seconds (64 training and 16 test samples of
+/// 8×8 synthetic images) into `out`, then each of `sets` as a `--set KEY=VALUE` (a later one
+/// wins over an earlier one for the same key).
+pub fn tiny_train(out: &Path, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--config", "configs/quickstart.toml", "--out"]
+        .map(String::from)
+        .to_vec();
+    args.push(out.to_str().expect("a UTF-8 path").to_string());
+    for s in ["data.n_train=64", "data.n_test=16", "data.image_size=8"]
+        .iter()
+        .chain(sets)
+    {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args
+}

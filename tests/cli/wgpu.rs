@@ -38,31 +38,17 @@ fn wgpu_training_matches_cpu_on_tiny_shapes() {
     for backend in ["cpu", "wgpu"] {
         let dir = tmp.path().join(backend);
         let out = crate::support::noisegeom()
-            .args([
-                "train",
-                "--config",
-                "configs/quickstart.toml",
-                "--backend",
-                backend,
-                "--out",
-                dir.to_str().unwrap(),
-                "--set",
-                "data.n_train=64",
-                "--set",
-                "data.n_test=16",
-                "--set",
-                "data.image_size=8",
-                "--set",
-                "model.channels=[2,4]",
-                "--set",
-                "train.batch_size=8",
-                "--set",
-                "train.steps=5",
-                "--set",
-                "train.log_every=1",
-                "--set",
-                "train.eval_every=5",
-            ])
+            .args(crate::support::tiny_train(
+                &dir,
+                &[
+                    "model.channels=[2,4]",
+                    "train.batch_size=8",
+                    "train.steps=5",
+                    "train.log_every=1",
+                    "train.eval_every=5",
+                ],
+            ))
+            .args(["--backend", backend])
             .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
             .output()
             .unwrap();
@@ -285,33 +271,18 @@ fn wgpu_training_memory_stays_flat_over_a_long_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let mut child = crate::support::noisegeom()
-        .args([
-            "train",
-            "--config",
-            "configs/quickstart.toml",
-            "--backend",
-            "wgpu",
-            "--out",
-            dir.to_str().unwrap(),
-            "--set",
-            "data.n_train=64",
-            "--set",
-            "data.n_test=16",
-            "--set",
-            "data.image_size=8",
-            "--set",
-            "model.channels=[2,4]",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.steps=260",
-            "--set",
-            "train.log_every=10",
-            "--set",
-            "train.eval_every=50",
-            "--set",
-            "probe.enabled=false",
-        ])
+        .args(crate::support::tiny_train(
+            &dir,
+            &[
+                "model.channels=[2,4]",
+                "train.batch_size=8",
+                "train.steps=260",
+                "train.log_every=10",
+                "train.eval_every=50",
+                "probe.enabled=false",
+            ],
+        ))
+        .args(["--backend", "wgpu"])
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -360,33 +331,19 @@ fn a_device_allocation_failure_stops_the_run_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let out = crate::support::noisegeom()
-        .args([
-            "train",
-            "--config",
-            "configs/quickstart.toml",
-            "--backend",
-            "wgpu",
-            "--out",
-            dir.to_str().unwrap(),
-            "--set",
-            "data.n_train=64",
-            "--set",
-            "data.n_test=10000",
-            "--set",
-            "data.image_size=8",
-            "--set",
-            "model={kind = \"fnn\", hidden = [4096], activation = \"relu\"}",
-            "--set",
-            "probe.enabled=false",
-            "--set",
-            "train.batch_size=16",
-            "--set",
-            "train.steps=2",
-            "--set",
-            "train.eval_every=2",
-            "--set",
-            "train.eval_batch=10000",
-        ])
+        .args(crate::support::tiny_train(
+            &dir,
+            &[
+                "data.n_test=10000",
+                "model={kind = \"fnn\", hidden = [4096], activation = \"relu\"}",
+                "probe.enabled=false",
+                "train.batch_size=16",
+                "train.steps=2",
+                "train.eval_every=2",
+                "train.eval_batch=10000",
+            ],
+        ))
+        .args(["--backend", "wgpu"])
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
         .output()
         .unwrap();
