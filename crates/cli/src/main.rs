@@ -3,6 +3,9 @@
 
 // The one crate allowed to write to the terminal (the library crates deny it).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+// The doc comments of this crate's clap types are its `--help` texts, written for a terminal
+// (`<figure>`, `[16,32,32]` as typed), not as rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 mod backend;
 mod cmd;

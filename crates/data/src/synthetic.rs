@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Dataset, Provenance, Targets, normal_vec, seeded_rng};
 
-/// How the effective dimension of a covariance is measured. **[choice]** (docs/definitions.md §14).
+/// How the effective dimension of a covariance is measured. **\[choice\]** (docs/definitions.md §14).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EffDim {

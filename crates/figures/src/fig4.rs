@@ -1,5 +1,5 @@
 //! Figure 4: SGD+CLR against GD+CLR on a toy with a valley of global minima whose sharpness
-//! varies (docs/definitions.md §13). **[choice]** The toy is the scalar two-layer linear net on n ≥ 2 points
+//! varies (docs/definitions.md §13). **\[choice\]** The toy is the scalar two-layer linear net on n ≥ 2 points
 //! that it cannot fit exactly:
 //!
 //! ```text

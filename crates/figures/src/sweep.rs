@@ -7,7 +7,7 @@
 //! skips a job whose file is whole and was written for the same figure, config, `--quick`
 //! and numerics version ([`ENGINE_NUMERICS`], [`Figure::NUMERICS`]), and redoes anything
 //! else. The code's git revision is recorded in each job file but is not part of that key,
-//! so a commit that does not change what jobs compute keeps every finished job. [`merge`] reads the job files in plan order and
+//! so a commit that does not change what jobs compute keeps every finished job. `merge` reads the job files in plan order and
 //! writes the figure's results file and plots. Every job's numbers depend only on the config
 //! and the job's index, and the results file holds no clock or host, so the merged file is
 //! byte-identical whatever the number of shards. Timings and provenance go to

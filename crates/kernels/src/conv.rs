@@ -1,5 +1,5 @@
 //! A 2-D convolution on host memory, forward and backward, from im2col patches and
-//! [`gemm`](crate::gemm::gemm).
+//! [`gemm()`](crate::gemm::gemm).
 //!
 //! burn's convolution under autodiff forms the output, the input gradient (a transposed
 //! convolution) and the weight gradient (a convolution with the output gradient as its

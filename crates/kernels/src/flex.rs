@@ -1,6 +1,6 @@
 //! Autodiff ops of their own for the trainer's CPU backend, `Autodiff<Flex>`: an affine
 //! layer and a convolution whose forward and backward run on host memory through
-//! [`gemm`](crate::gemm::gemm) ([`crate::conv`] for the convolution).
+//! [`gemm()`](crate::gemm::gemm) ([`crate::conv`] for the convolution).
 //!
 //! Through burn's generic ops the affine layer is a matmul, a transpose and a broadcast bias
 //! add, and each matmul output is zero-filled and copied once more by burn-flex; its

@@ -4,7 +4,7 @@
 //! swap), and optionally accumulating. This is the workspace's one GEMM call, and one of
 //! its two exceptions to `unsafe_code = "deny"`.
 
-/// The element types of [`gemm`]: f32 and f64.
+/// The element types of [`gemm()`]: f32 and f64.
 pub trait GemmElem: Copy + Default + Send + Sync + core::fmt::Debug + 'static {
     const ZERO: Self;
     const ONE: Self;

@@ -1,6 +1,6 @@
 //! Host kernels for noisegeom, and the typed capability that says which backend runs them.
 //!
-//! - [`gemm`]: matrix products on host memory through the `gemm` crate;
+//! - [`mod@gemm`]: matrix products on host memory through the `gemm` crate;
 //! - [`conv`]: a convolution from im2col patches, forward and backward, on host memory;
 //! - [`flex`]: autodiff ops of their own on `Autodiff<Flex>`, the trainer's CPU backend,
 //!   built on the two;

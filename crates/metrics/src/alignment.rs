@@ -23,7 +23,7 @@ pub struct LossAlignment {
     pub mu: Ratio,
     /// μ_unc = Tr(MG) / (2L ||G||_F²), uncentred (one-sample second moment).
     pub mu_unc: Ratio,
-    /// c·μ, the output-normalised loss alignment **[choice]** (≈ 1 when residuals spread
+    /// c·μ, the output-normalised loss alignment **\[choice\]** (≈ 1 when residuals spread
     /// evenly over c outputs).
     pub c_mu: Ratio,
     pub trace_sigma_g: f64,

@@ -391,7 +391,7 @@ impl<B: Kernels> ProbeOps<B> {
     }
 
     /// Gv = Jᵀ(Jv)/n: the gradient of (1/n) Σ_i f_i·stop(J_i v), one pass per chunk
-    /// ([`Self::jvp_then_backward`]).
+    /// (`jvp_then_backward`).
     pub fn gv(&self, v: &[f64]) -> Vec<f64> {
         self.jvp_then_backward(v, |f, jv, _| f * jv.detach())
     }
@@ -494,7 +494,7 @@ impl<B: Kernels> ProbeOps<B> {
     }
 
     /// [`Self::quad_forms`] for each direction, from JVPs that share each chunk's forward
-    /// pass ([`Self::jvp_many`], [`DIRECTIONS_PER_PASS`] directions at a time).
+    /// pass ([`Self::jvp_many`], `DIRECTIONS_PER_PASS` directions at a time).
     pub fn quad_forms_many<V: AsRef<[f64]>>(&self, dirs: &[V]) -> Vec<QuadForms> {
         dirs.chunks(DIRECTIONS_PER_PASS)
             .flat_map(|group| self.jvp_many(group))

@@ -38,7 +38,7 @@ pub enum ModelConfig {
         init: InitScheme,
     },
     /// f(x) = Σ_k a_k σ(w_kᵀx), no hidden bias, with the second layer fixed at
-    /// a_k = ±1/√width (seeded signs). Only W is trained. **[choice]**, docs/definitions.md §14.
+    /// a_k = ±1/√width (seeded signs). Only W is trained. **\[choice\]**, docs/definitions.md §14.
     TwoLayer {
         width: usize,
         activation: Activation,

@@ -46,7 +46,7 @@ pub trait ParamSource<B: Backend> {
     }
 }
 
-/// Initialisation scheme. **[choice]**, recorded in every run.
+/// Initialisation scheme. **\[choice\]**, recorded in every run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InitScheme {

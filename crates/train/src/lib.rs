@@ -25,7 +25,7 @@ mod trainer;
 pub use config::{ExperimentConfig, LossKind, ProbeSettings, TrainSettings};
 pub use probe::{Probe, ProbeRecord};
 pub use schedule::LrSchedule;
-pub use sgd::{Sgd, SgdConfig};
+pub use sgd::{Grads, Sgd, SgdConfig};
 pub use trainer::{
     Eval, Observer, Outcome, RunOptions, SetStats, Silent, Summary, evaluate, newest_checkpoint,
     train,

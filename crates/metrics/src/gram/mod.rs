@@ -8,7 +8,7 @@
 //! output, so the forward up to it runs once. Then, per layer:
 //!
 //! - affine `z = aWᵀ + b`: the per-sample gradient is δ_{i,o} ⊗ [a_i, 1], so its Gram
-//!   contribution is ([a_i,1]·[a_j,1]) (δ_{i,o}·δ_{j,o'}): two small Gram matrices and a
+//!   contribution is (\[a_i,1\]·\[a_j,1\]) (δ_{i,o}·δ_{j,o'}): two small Gram matrices and a
 //!   Hadamard product, never the gradient itself;
 //! - convolution: the per-sample gradient Δ_{i,o} U_iᵀ (U the im2col patches) is formed for
 //!   each (i, o) and contributes R Rᵀ;
