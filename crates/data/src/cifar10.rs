@@ -227,13 +227,8 @@ mod tests {
         let path = tmp.path().join(TEST_FILE);
         write_batch(&path, &labels, &pixels).unwrap();
         let good = std::fs::read(&path).unwrap();
-        let mut state = 0x1234_5678_9abc_def1u64;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut rng = crate::seeded_rng(0, "fuzz-cifar10");
+        let mut next = |bound: usize| rand::RngExt::random_range(&mut rng, 0..bound);
         for case in 0..12 {
             let mut bytes = good.clone();
             let at = next(good.len());

@@ -248,13 +248,8 @@ mod tests {
     #[test]
     fn fuzzed_idx_files_fail_cleanly() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut rng = crate::seeded_rng(0, "fuzz-idx");
+        let mut next = |bound: usize| rand::RngExt::random_range(&mut rng, 0..bound);
         for gz in [false, true] {
             let path = tmp.path().join(if gz { "x.gz" } else { "x" });
             write_idx(&path, &[6, 28, 28], &vec![7u8; 6 * 784]).unwrap();

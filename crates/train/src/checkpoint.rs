@@ -262,13 +262,8 @@ mod tests {
         ck.save(&p).unwrap();
         let good = std::fs::read(&p).unwrap();
         assert_eq!(Checkpoint::load(&p).unwrap(), ck);
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut rng = noisegeom_data::seeded_rng(0, "fuzz-checkpoint");
+        let mut next = |bound: usize| rand::RngExt::random_range(&mut rng, 0..bound);
         for case in 0..400 {
             let mut bytes = good.clone();
             match case % 4 {

@@ -426,13 +426,8 @@ period = 20
         .unwrap();
         assert!(ExperimentConfig::from_toml(&good, "quickstart").is_ok());
         let chars: Vec<char> = good.chars().collect();
-        let mut state = 0x0bad_5eed_1234_5678u64;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut rng = noisegeom_data::seeded_rng(0, "fuzz-config");
+        let mut next = |bound: usize| rand::RngExt::random_range(&mut rng, 0..bound);
         let mut errors = 0;
         for case in 0..300 {
             let mut c = chars.clone();
