@@ -108,20 +108,28 @@ fn export_holds_pytorch_layouts_that_reproduce_the_loss() {
     );
     let bytes = std::fs::read(&file).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
+    // θ at initialisation is not f32-exact, so it is written as f64; the probe set is f32.
+    let get = |name: &str| -> (Vec<usize>, Vec<f64>) {
         let t = st.tensor(name).unwrap();
-        let v = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let v = match t.dtype() {
+            safetensors::Dtype::F64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            _ => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+        };
         (t.shape().to_vec(), v)
     };
-    // Stages: flatten, dense(8) = s1, tanh, dense(10) = s3.
-    let (s1w, w1) = get("s1.weight");
-    let (_, b1) = get("s1.bias");
-    let (s3w, w2) = get("s3.weight");
-    let (_, b2) = get("s3.bias");
+    // Modules in torch.nn.Sequential order: flatten (0), linear (1), tanh (2), linear (3).
+    let (s1w, w1) = get("1.weight");
+    let (_, b1) = get("1.bias");
+    let (s3w, w2) = get("3.weight");
+    let (_, b2) = get("3.bias");
     let (xs, x) = get("probe.x");
     let (_, y) = get("probe.y");
     assert_eq!(s1w, vec![8, 192], "torch.nn.Linear layout [out, in]");
@@ -133,16 +141,13 @@ fn export_holds_pytorch_layouts_that_reproduce_the_loss() {
         let xi = &x[i * 192..(i + 1) * 192];
         let h: Vec<f64> = (0..8)
             .map(|o| {
-                let z: f64 = (0..192)
-                    .map(|k| w1[o * 192 + k] as f64 * xi[k] as f64)
-                    .sum::<f64>()
-                    + b1[o] as f64;
+                let z: f64 = (0..192).map(|k| w1[o * 192 + k] * xi[k]).sum::<f64>() + b1[o];
                 z.tanh()
             })
             .collect();
         for o in 0..10 {
-            let f: f64 = (0..8).map(|k| w2[o * 8 + k] as f64 * h[k]).sum::<f64>() + b2[o] as f64;
-            sq += (f - y[i * 10 + o] as f64).powi(2);
+            let f: f64 = (0..8).map(|k| w2[o * 8 + k] * h[k]).sum::<f64>() + b2[o];
+            sq += (f - y[i * 10 + o]).powi(2);
         }
     }
     let by_hand = sq / 40.0;

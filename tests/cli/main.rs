@@ -2,6 +2,8 @@
 
 /// Every bad input gives one line on stderr, exit code 2, and no panic.
 mod bad_inputs;
+/// Bring your own model: `sequential` architectures, state_dicts and probe files.
+mod byom;
 /// Training on files in the official CIFAR-10 binary format; `data info`.
 mod cifar_format;
 /// `figure NAME --quick`: smoke tests of the paper's figures.

@@ -133,3 +133,9 @@ pub fn tiny_train(out: &Path, sets: &[&str]) -> Vec<String> {
     }
     args
 }
+
+/// Writes a SKIPPED line past the harness's capture, so it always shows.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}

@@ -3,7 +3,7 @@
 //! the suite passes on a machine with only Rust installed; CI installs Mesa's lavapipe so
 //! they run there.
 
-use crate::support::run;
+use crate::support::{run, skipped};
 
 fn adapter_present() -> bool {
     let out = run(&["backends"]);
@@ -66,12 +66,6 @@ fn wgpu_training_matches_cpu_on_tiny_shapes() {
             "cpu {c} vs wgpu {g}"
         );
     }
-}
-
-/// Writes a SKIPPED line past the harness's capture, so it always shows.
-fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";

@@ -15,6 +15,7 @@ mod mem;
 mod progress;
 mod signals;
 mod sources;
+mod tensors;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,7 +83,7 @@ enum Command {
     /// elsewhere.
     Export {
         #[command(flatten)]
-        source: cmd::measure::ProbeSource,
+        source: cmd::source::ProbeSource,
         /// Output file.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -364,7 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Measure { job, compute } => dispatch(compute.backend, compute.precision, job),
         Command::Export { source, out } => {
-            let job = cmd::measure::ExportJob { source, out };
+            let job = cmd::export::ExportJob { source, out };
             // Export only reads values; f64 keeps θ exactly as checkpointed.
             dispatch(BackendKind::Ndarray, Precision::F64, job)
         }

@@ -134,6 +134,7 @@ fn act_name(a: Activation) -> &'static str {
         Activation::Relu => "ReLU",
         Activation::Smooth => "tanh(z)+0.1z",
         Activation::Identity => "identity",
+        Activation::Gelu => "GELU",
     }
 }
 

@@ -1,6 +1,7 @@
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::sequential::{LayerSpec, expand};
 use crate::{Activation, Arch, InitScheme, Kernels, ModelError, Net, RandomInit, Stage};
 
 /// How a CNN turns its last feature map into features.
@@ -108,6 +109,17 @@ pub enum ModelConfig {
         #[serde(default)]
         init: InitScheme,
     },
+    /// An explicit list of layers, mirroring `torch.nn.Sequential` (see [`LayerSpec`]).
+    /// `input_shape` (`[d]` or `[c, h, w]`) is needed when no dataset gives it (a model
+    /// measured on a probe file); when both do, they must agree.
+    Sequential {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input_shape: Option<Vec<usize>>,
+        layers: Vec<LayerSpec>,
+        /// Initialisation when no weights are given (BatchNorm: γ = 1, β = 0).
+        #[serde(default)]
+        init: InitScheme,
+    },
 }
 
 fn vgg_channels() -> Vec<usize> {
@@ -150,6 +162,7 @@ impl ModelConfig {
             ModelConfig::Cnn { .. } => "cnn",
             ModelConfig::Vgg { .. } => "vgg",
             ModelConfig::Resnet { .. } => "resnet",
+            ModelConfig::Sequential { .. } => "sequential",
         }
     }
 
@@ -163,7 +176,8 @@ impl ModelConfig {
             | ModelConfig::Fnn { init, .. }
             | ModelConfig::Cnn { init, .. }
             | ModelConfig::Vgg { init, .. }
-            | ModelConfig::Resnet { init, .. } => *init,
+            | ModelConfig::Resnet { init, .. }
+            | ModelConfig::Sequential { init, .. } => *init,
         }
     }
 
@@ -180,6 +194,24 @@ impl ModelConfig {
         Net::build(arch, &mut RandomInit::new(device, self.init_scheme(), seed))
     }
 
+    /// The output count a model fixes itself (a `sequential` model's last layer), for inputs
+    /// of `input_shape`; `None` for the built-in kinds, which take it from the targets, or
+    /// when the layers do not fit the shape ([`Self::arch`] then says why).
+    pub fn natural_outputs(&self, input_shape: &[usize]) -> Option<usize> {
+        let ModelConfig::Sequential { layers, .. } = self else {
+            return None;
+        };
+        let shape = match input_shape[..] {
+            [d] => crate::net::Shape::Flat(d),
+            [c, h, w] => crate::net::Shape::Image(c, h, w),
+            _ => return None,
+        };
+        match expand(layers, shape, "", &mut Vec::new()).ok()? {
+            crate::net::Shape::Flat(c) => Some(c),
+            crate::net::Shape::Image(..) => None,
+        }
+    }
+
     /// The architecture for inputs of `input_shape` and `outputs` outputs. `seed` fixes the
     /// signs of a fixed second layer.
     pub fn arch(
@@ -192,6 +224,14 @@ impl ModelConfig {
             kind: self.kind(),
             problem,
         };
+        if let ModelConfig::Sequential {
+            input_shape: given,
+            layers,
+            ..
+        } = self
+        {
+            return sequential_arch(given.as_deref(), layers, input_shape, outputs);
+        }
         let d: usize = input_shape.iter().product();
         let image_in = input_shape.len() == 3;
         let convolutional = matches!(
@@ -327,6 +367,7 @@ impl ModelConfig {
                 }
                 readout(&mut stages, *head, hidden, outputs, *bias, *activation);
             }
+            ModelConfig::Sequential { .. } => unreachable!("built above"),
             ModelConfig::Resnet {
                 channels,
                 blocks,
@@ -368,6 +409,59 @@ impl ModelConfig {
         arch.validate()?;
         Ok(arch)
     }
+}
+
+/// The architecture of a `sequential` model for inputs of `input_shape` (the data's; it
+/// must match the config's `given` shape, if any) and `outputs` outputs.
+fn sequential_arch(
+    given: Option<&[usize]>,
+    layers: &[LayerSpec],
+    input_shape: &[usize],
+    outputs: usize,
+) -> Result<Arch, ModelError> {
+    let err = |problem: String| ModelError::Config {
+        kind: "sequential",
+        problem,
+    };
+    if let Some(g) = given
+        && g != input_shape
+    {
+        return Err(err(format!(
+            "has input_shape = {g:?} but the data's inputs are {input_shape:?}"
+        )));
+    }
+    let shape = match input_shape[..] {
+        [d] if d > 0 => crate::net::Shape::Flat(d),
+        [c, h, w] if c * h * w > 0 => crate::net::Shape::Image(c, h, w),
+        _ => {
+            return Err(err(format!(
+                "input_shape = {input_shape:?}: give [d] or [c, h, w], every size ≥ 1"
+            )));
+        }
+    };
+    if layers.is_empty() {
+        return Err(err("needs at least one layer in `layers`".into()));
+    }
+    let mut stages = Vec::new();
+    match expand(layers, shape, "", &mut stages)? {
+        crate::net::Shape::Flat(c) if c == outputs => {}
+        crate::net::Shape::Flat(c) => {
+            return Err(err(format!(
+                "the last layer gives {c} outputs but the targets have {outputs}; set the last linear layer's out = {outputs}"
+            )));
+        }
+        crate::net::Shape::Image(c, h, w) => {
+            return Err(err(format!(
+                "the layers end on an image [{c}, {h}, {w}]; end with flatten or adaptive_avgpool2d and a linear layer"
+            )));
+        }
+    }
+    let arch = Arch {
+        input_shape: input_shape.to_vec(),
+        stages,
+    };
+    arch.validate()?;
+    Ok(arch)
 }
 
 /// A 3×3 conv with padding 1.

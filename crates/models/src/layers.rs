@@ -37,6 +37,12 @@ pub trait Tap<B: Backend> {
         let _ = input;
         z
     }
+    /// `z = input ⊙ γ + β` per channel, `input: [n, channels, positions]` (the trained
+    /// affine part of a BatchNorm).
+    fn norm(&mut self, input: &Tensor<B, 3>, z: Tensor<B, 3>) -> Tensor<B, 3> {
+        let _ = input;
+        z
+    }
 }
 
 /// The tap of an ordinary forward pass: changes nothing.
@@ -118,10 +124,47 @@ impl<B: Backend> Hadamard<B> {
     }
 }
 
+/// The trained affine part of an eval-mode BatchNorm: γ ⊙ x̂ + β per channel, where x̂ is
+/// already normalised by the running statistics (a fixed map of the architecture).
+#[derive(Module, Debug)]
+pub struct Norm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Norm<B> {
+    /// `x ⊙ γ` per channel (every pass runs burn's ops).
+    pub fn linear<const D: usize>(&self, x: Tensor<B, D>, _pass: Pass) -> Tensor<B, D> {
+        x * per_channel::<B, D>(self.weight.val())
+    }
+
+    /// `[n, channels, …] → [n, channels, …]`.
+    pub fn forward<T: Tap<B>, const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        tap: &mut T,
+        _pass: Pass,
+    ) -> Tensor<B, D> {
+        let dims = x.dims();
+        let x3: Tensor<B, 3> = x.reshape([dims[0], dims[1], dims[2..].iter().product()]);
+        let z = x3.clone() * per_channel::<B, 3>(self.weight.val())
+            + per_channel::<B, 3>(self.bias.val());
+        tap.norm(&x3, z).reshape(dims)
+    }
+}
+
+/// A per-channel vector `[c]` shaped to broadcast over `[n, c, …]`.
+pub fn per_channel<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D> {
+    let mut shape = [1usize; D];
+    shape[1] = v.dims()[0];
+    v.reshape(shape)
+}
+
 /// One parametric layer of a [`crate::Net`].
 #[derive(Module, Debug)]
 pub enum Layer<B: Backend> {
     Dense(Dense<B>),
     Conv(Conv<B>),
     Hadamard(Hadamard<B>),
+    Norm(Norm<B>),
 }

@@ -10,20 +10,25 @@
 mod config;
 mod device_set;
 mod graph_lock;
+mod jvp;
 pub mod layers;
 mod net;
 pub mod params;
+mod sequential;
+mod state;
 
 pub use config::{Head, ModelConfig};
 pub use device_set::{DeviceSet, mse};
 pub use graph_lock::{AutodiffGuard, autodiff_lock};
 pub use layers::{Layer, NoTap, Tap};
-pub use net::{Arch, Net, Stage};
+pub use net::{Affine, Arch, Net, Stage};
 pub use noisegeom_kernels::{AutodiffKernels, ConvGeom, Kernels, Pass};
 pub use params::{
     FlatSource, InitScheme, ParamInit, ParamSource, RandomInit, Role, flatten, in_blocks,
     param_tensor, transpose,
 };
+pub use sequential::LayerSpec;
+pub use state::{NamedTensor, StateEntry};
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, tanh};
@@ -39,6 +44,8 @@ pub enum Activation {
     Tanh,
     /// σ(z) = tanh(z) + 0.1 z: smooth, with σ' ≥ 0.1 everywhere (docs/definitions.md §13).
     Smooth,
+    /// σ(z) = z·Φ(z), Φ the standard normal CDF (exact GELU, `torch.nn.GELU()`).
+    Gelu,
 }
 
 impl Activation {
@@ -48,6 +55,7 @@ impl Activation {
             Activation::Relu => relu(z),
             Activation::Tanh => tanh(z),
             Activation::Smooth => tanh(z.clone()) + z.mul_scalar(0.1),
+            Activation::Gelu => normal_cdf(z.clone()) * z,
         }
     }
 
@@ -58,6 +66,7 @@ impl Activation {
             Activation::Relu => z.greater_elem(0.0).float(),
             Activation::Tanh => tanh_slope(tanh(z), 0.0),
             Activation::Smooth => tanh_slope(tanh(z), 0.1),
+            Activation::Gelu => gelu_slope(z),
         }
     }
 
@@ -91,8 +100,31 @@ impl Activation {
                 let slope = tanh_slope(t.clone(), 0.1);
                 (t + z.mul_scalar(0.1), each(&|d| d * slope.clone()))
             }
+            Activation::Gelu => {
+                let slope = gelu_slope(z.clone());
+                (self.apply(z), each(&|d| d * slope.clone()))
+            }
         }
     }
+}
+
+/// Φ(z) = (1 + erf(z/√2))/2, written from ops that autodiff differentiates again.
+fn normal_cdf<B: Backend, const D: usize>(z: Tensor<B, D>) -> Tensor<B, D> {
+    z.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5)
+}
+
+/// GELU's slope Φ(z) + z·φ(z), φ(z) = exp(−z²/2)/√(2π).
+fn gelu_slope<B: Backend, const D: usize>(z: Tensor<B, D>) -> Tensor<B, D> {
+    let density = z
+        .clone()
+        .powi_scalar(2)
+        .mul_scalar(-0.5)
+        .exp()
+        .mul_scalar(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    normal_cdf(z.clone()) + z * density
 }
 
 /// 1 − t² + `linear` from t = tanh(z): the slope of tanh(z) + `linear`·z.
@@ -107,6 +139,8 @@ pub enum ModelError {
     Arch { stage: usize, problem: String },
     #[error("model `{kind}` {problem}")]
     Config { kind: &'static str, problem: String },
+    #[error("weights: {0}")]
+    Weights(String),
     #[error(
         "the flat parameter vector has {actual} entries but the model has {expected} parameters; it belongs to a different model"
     )]

@@ -3,7 +3,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Tap};
+use crate::layers::{Conv, Dense, Hadamard, Layer, NoTap, Norm, Tap, per_channel};
 use crate::params::{ParamInit, ParamSource, Role};
 use crate::{Activation, ModelError};
 use noisegeom_kernels::{Kernels, Pass};
@@ -40,6 +40,41 @@ pub enum Stage {
     SaveSkip,
     /// Adds the value remembered by the matching [`Stage::SaveSkip`] (same shape).
     AddSkip,
+    /// Mean over non-overlapping `kernel`×`kernel` windows (`torch.nn.AvgPool2d(kernel)`:
+    /// stride = kernel, no padding); rows and columns past the last whole window are
+    /// dropped, as PyTorch does.
+    AvgPool { kernel: usize },
+    /// BatchNorm in eval mode over the channels (features of a vector, channels of an
+    /// image): x̂ = (x − mean)/√(var + eps) with the running statistics, then γ ⊙ x̂ + β.
+    /// With `frozen`, γ and β are fixed values of the architecture; without, they are
+    /// parameters of θ (`weight` γ, then `bias` β, each `[channels]`).
+    BatchNorm {
+        eps: f64,
+        mean: Vec<f32>,
+        var: Vec<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frozen: Option<Affine>,
+    },
+}
+
+/// A fixed per-channel affine map γ ⊙ x + β (a frozen BatchNorm's weight and bias).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Affine {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Stage {
+    /// Whether the stage holds parameters of θ (it is then a [`Layer`] of the [`Net`]).
+    pub fn is_parametric(&self) -> bool {
+        matches!(
+            self,
+            Stage::Dense { .. }
+                | Stage::Conv { .. }
+                | Stage::Hadamard
+                | Stage::BatchNorm { frozen: None, .. }
+        )
+    }
 }
 
 /// A network's full description: everything but the trained parameters.
@@ -52,7 +87,7 @@ pub struct Arch {
 
 /// Shape of the running value between stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     Flat(usize),
     Image(usize, usize, usize),
 }
@@ -103,7 +138,7 @@ impl Arch {
         self.validate().expect("validated at construction")
     }
 
-    fn input(&self) -> Result<Shape, ModelError> {
+    pub(crate) fn input(&self) -> Result<Shape, ModelError> {
         match self.input_shape[..] {
             [d] => Ok(Shape::Flat(d)),
             [c, h, w] => Ok(Shape::Image(c, h, w)),
@@ -117,39 +152,14 @@ impl Arch {
         }
     }
 
-    /// Names and shapes of the parameters, in the flat-vector order. Names follow the
-    /// stage index: `s{i}.weight`, `s{i}.bias`.
+    /// Names and shapes of the parameters, in the flat-vector order. Names follow
+    /// `torch.nn.Sequential` ([`Arch::state_layout`]).
     pub fn param_layout(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out = Vec::new();
-        let mut shape = self.input().expect("validated");
-        for (i, stage) in self.stages.iter().enumerate() {
-            match (stage, shape) {
-                (Stage::Dense { out: o, bias }, Shape::Flat(d)) => {
-                    out.push((format!("s{i}.weight"), vec![*o, d]));
-                    if *bias {
-                        out.push((format!("s{i}.bias"), vec![*o]));
-                    }
-                }
-                (
-                    Stage::Conv {
-                        out: o,
-                        kernel,
-                        bias,
-                        ..
-                    },
-                    Shape::Image(c, _, _),
-                ) => {
-                    out.push((format!("s{i}.weight"), vec![*o, c, *kernel, *kernel]));
-                    if *bias {
-                        out.push((format!("s{i}.bias"), vec![*o]));
-                    }
-                }
-                (Stage::Hadamard, Shape::Flat(d)) => out.push((format!("s{i}.weight"), vec![d])),
-                _ => {}
-            }
-            shape = next_shape(shape, stage).expect("validated");
-        }
-        out
+        self.state_layout()
+            .into_iter()
+            .filter(|e| e.trained)
+            .map(|e| (e.name, e.shape))
+            .collect()
     }
 
     /// Total number of trained parameters p.
@@ -190,7 +200,7 @@ impl Arch {
     }
 }
 
-fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
+pub(crate) fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
     use Shape::*;
     Some(match (stage, shape) {
         (Stage::Dense { out, .. }, Flat(_)) => Flat(*out),
@@ -213,19 +223,110 @@ fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
         ),
         (Stage::Flatten, Image(c, h, w)) => Flat(c * h * w),
         (Stage::GlobalAvgPool, Image(c, _, _)) => Flat(c),
+        (Stage::AvgPool { kernel }, Image(c, h, w))
+            if *kernel >= 1 && h >= *kernel && w >= *kernel =>
+        {
+            Image(c, h / kernel, w / kernel)
+        }
+        (
+            Stage::BatchNorm {
+                mean, var, frozen, ..
+            },
+            s,
+        ) if mean.len() == s.channels()
+            && var.len() == s.channels()
+            && frozen
+                .as_ref()
+                .is_none_or(|a| a.weight.len() == s.channels() && a.bias.len() == s.channels()) =>
+        {
+            s
+        }
         (Stage::Act { .. } | Stage::SaveSkip | Stage::AddSkip, s) => s,
         _ => return None,
     })
 }
 
+impl Shape {
+    /// Features of a vector, channels of an image.
+    pub(crate) fn channels(self) -> usize {
+        match self {
+            Shape::Flat(d) => d,
+            Shape::Image(c, _, _) => c,
+        }
+    }
+}
+
 /// `[n, c, h, w] → [n, c]`, the mean over positions (reshape + mean, so it nests).
-fn global_avg_pool<B: Backend>(a: Tensor<B, 4>) -> Tensor<B, 2> {
+pub(crate) fn global_avg_pool<B: Backend>(a: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, c, h, w] = a.dims();
     a.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
 }
 
+/// Mean over non-overlapping `k`×`k` windows, the remainder rows and columns dropped
+/// (reshape + mean, so it nests).
+pub(crate) fn avg_pool<B: Backend>(a: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+    let [n, c, h, w] = a.dims();
+    let (ho, wo) = (h / k, w / k);
+    let a = if ho * k == h && wo * k == w {
+        a
+    } else {
+        a.slice([0..n, 0..c, 0..ho * k, 0..wo * k])
+    };
+    a.reshape([n, c, ho, k, wo, k])
+        .mean_dim(5)
+        .mean_dim(3)
+        .reshape([n, c, ho, wo])
+}
+
+/// The fixed per-channel map of an eval-mode BatchNorm stage, `x ↦ scale ⊙ x + shift`,
+/// formed in f64: x̂ = (x − mean)/√(var + eps), then γ, β when frozen.
+pub(crate) fn bn_fixed(stage: &Stage) -> (Vec<f64>, Vec<f64>) {
+    let Stage::BatchNorm {
+        eps,
+        mean,
+        var,
+        frozen,
+    } = stage
+    else {
+        unreachable!("a BatchNorm stage")
+    };
+    (0..mean.len())
+        .map(|i| {
+            let s = 1.0 / (var[i] as f64 + eps).sqrt();
+            let (g, b) = frozen
+                .as_ref()
+                .map_or((1.0, 0.0), |a| (a.weight[i] as f64, a.bias[i] as f64));
+            (g * s, b - mean[i] as f64 * g * s)
+        })
+        .unzip()
+}
+
+/// `scale ⊙ a (+ shift)` per channel.
+pub(crate) fn fixed_affine<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    scale: &[f64],
+    shift: Option<&[f64]>,
+) -> Tensor<B, D> {
+    let device = a.device();
+    let v = |x: &[f64]| {
+        per_channel::<B, D>(Tensor::from_data(
+            TensorData::new(x.to_vec(), [x.len()]),
+            &device,
+        ))
+    };
+    let z = a * v(scale);
+    match shift {
+        Some(t) => z + v(t),
+        None => z,
+    }
+}
+
 /// The `[in, out]` matrix that a fixed dense stage multiplies by (`weights` is `[out, in]`).
-fn fixed_weight<B: Backend>(out: usize, weights: &[f32], device: &B::Device) -> Tensor<B, 2> {
+pub(crate) fn fixed_weight<B: Backend>(
+    out: usize,
+    weights: &[f32],
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let d = weights.len() / out;
     Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [out, d]), device).transpose()
 }
@@ -304,6 +405,12 @@ impl<B: Kernels> Net<B> {
                     let weight = source.param([d], ParamInit::new(1, Role::Diagonal));
                     layers.push(Layer::Hadamard(Hadamard { weight }));
                 }
+                (Stage::BatchNorm { frozen: None, .. }, s) => {
+                    let c = s.channels();
+                    let weight = source.param([c], ParamInit::new(1, Role::NormScale));
+                    let bias = source.param([c], ParamInit::new(1, Role::NormShift));
+                    layers.push(Layer::Norm(Norm { weight, bias }));
+                }
                 _ => {}
             }
             shape = next_shape(shape, stage).expect("validated");
@@ -363,170 +470,32 @@ impl<B: Kernels> Net<B> {
                     let w = fixed_weight(*out, weights, &a.device());
                     Value::Flat(a.matmul(w))
                 }
+                (Stage::AvgPool { kernel }, Value::Image(a)) => Value::Image(avg_pool(a, *kernel)),
+                (Stage::BatchNorm { frozen, .. }, v) => {
+                    let (scale, shift) = bn_fixed(stage);
+                    let v = match v {
+                        Value::Flat(a) => Value::Flat(fixed_affine(a, &scale, Some(&shift))),
+                        Value::Image(a) => Value::Image(fixed_affine(a, &scale, Some(&shift))),
+                    };
+                    match frozen {
+                        Some(_) => v,
+                        None => match (v, layers.next()) {
+                            (Value::Flat(a), Some(Layer::Norm(l))) => {
+                                Value::Flat(l.forward(a, tap, pass))
+                            }
+                            (Value::Image(a), Some(Layer::Norm(l))) => {
+                                Value::Image(l.forward(a, tap, pass))
+                            }
+                            _ => unreachable!("layers follow stages"),
+                        },
+                    }
+                }
                 _ => unreachable!("validated at construction"),
             };
         }
         match v {
             Value::Flat(out) => out,
             Value::Image(_) => unreachable!("validated at construction"),
-        }
-    }
-
-    /// Forward-mode derivative: f(x) and J·dθ, the change of f(x) along the parameter
-    /// direction `tangent` (a network of the same architecture holding dθ). One pass, about
-    /// twice a forward in cost, with no autodiff graph. `None` means J·dθ = 0.
-    pub fn jvp(&self, x: Tensor<B, 2>, tangent: &Net<B>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        let (f, mut jv) = self.jvp_many(x, &[tangent]);
-        (f, jv.pop().flatten())
-    }
-
-    /// [`Self::jvp`] along several directions at once: the primal forward (and every
-    /// activation's derivative) is computed once and shared by all the tangents.
-    pub fn jvp_many(
-        &self,
-        x: Tensor<B, 2>,
-        tangents: &[&Net<B>],
-    ) -> (Tensor<B, 2>, Vec<Option<Tensor<B, 2>>>) {
-        for t in tangents {
-            debug_assert_eq!(self.arch, t.arch, "the tangent has this network's shape");
-        }
-        let [n, _] = x.dims();
-        let k = tangents.len();
-        let mut v = match self.arch.input_shape[..] {
-            [c, h, w] => Dual::Image(x.reshape([n, c, h, w]), vec![None; k]),
-            _ => Dual::Flat(x, vec![None; k]),
-        };
-        let mut li = 0;
-        let mut saved = Vec::new();
-        // A first-order pass: a later `backward()` (the metrics' Hv) goes through it once.
-        let pass = Pass::FirstOrder;
-        // The tangents' counterpart of parametric layer `li`.
-        let tangent_layer = |k: usize, li: usize| &tangents[k].layers[li];
-        // Every parametric layer is bilinear in (input, parameters): z = l(a) and
-        // dz = l(da) + t(a), with t the tangent network's layer (holding dθ).
-        macro_rules! bilinear {
-            ($layer:ident, $dual:ident, $a:expr, $da:expr) => {{
-                let Layer::$layer(l) = &self.layers[li] else {
-                    unreachable!("layers follow stages")
-                };
-                let dz = tangent_outputs(
-                    &$a,
-                    $da,
-                    |d| l.linear(d, pass),
-                    |k, a| match tangent_layer(k, li) {
-                        Layer::$layer(t) => t.forward(a, &mut NoTap, pass),
-                        _ => unreachable!("same architecture"),
-                    },
-                );
-                li += 1;
-                Dual::$dual(l.forward($a, &mut NoTap, pass), dz)
-            }};
-        }
-        for stage in &self.arch.stages {
-            v = match (stage, v) {
-                (Stage::SaveSkip, v) => {
-                    saved.push(v.clone());
-                    v
-                }
-                (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
-                (Stage::Dense { .. }, Dual::Flat(a, da)) => bilinear!(Dense, Flat, a, da),
-                (Stage::Conv { .. }, Dual::Image(a, da)) => bilinear!(Conv, Image, a, da),
-                (Stage::Hadamard, Dual::Flat(a, da)) => bilinear!(Hadamard, Flat, a, da),
-                (Stage::Act { activation }, Dual::Flat(a, da)) => {
-                    let (z, dz) = activation.apply_jvp(a, da);
-                    Dual::Flat(z, dz)
-                }
-                (Stage::Act { activation }, Dual::Image(a, da)) => {
-                    let (z, dz) = activation.apply_jvp(a, da);
-                    Dual::Image(z, dz)
-                }
-                (Stage::Flatten, Dual::Image(a, da)) => {
-                    Dual::Flat(a.flatten(1, 3), map_tangents(da, |d| d.flatten(1, 3)))
-                }
-                (Stage::GlobalAvgPool, Dual::Image(a, da)) => {
-                    Dual::Flat(global_avg_pool(a), map_tangents(da, global_avg_pool))
-                }
-                (Stage::SumFeatures, Dual::Flat(a, da)) => {
-                    Dual::Flat(a.sum_dim(1), map_tangents(da, |d| d.sum_dim(1)))
-                }
-                (Stage::FixedDense { out, weights }, Dual::Flat(a, da)) => {
-                    let w = fixed_weight(*out, weights, &a.device());
-                    let dz = map_tangents(da, |d| d.matmul(w.clone()));
-                    Dual::Flat(a.matmul(w), dz)
-                }
-                _ => unreachable!("validated at construction"),
-            };
-        }
-        match v {
-            Dual::Flat(out, d) => (out, d),
-            Dual::Image(..) => unreachable!("validated at construction"),
-        }
-    }
-}
-
-/// Per tangent k: dz_k = `tangent(k, a)` + `linear(da_k)` (the second term absent when
-/// da_k is zero).
-fn tangent_outputs<T: Clone + std::ops::Add<Output = T>>(
-    a: &T,
-    da: Vec<Option<T>>,
-    linear: impl Fn(T) -> T,
-    tangent: impl Fn(usize, T) -> T,
-) -> Vec<Option<T>> {
-    da.into_iter()
-        .enumerate()
-        .map(|(k, d)| {
-            let t = tangent(k, a.clone());
-            Some(match d {
-                Some(d) => t + linear(d),
-                None => t,
-            })
-        })
-        .collect()
-}
-
-/// A linear map applied to every tangent.
-fn map_tangents<T, U>(da: Vec<Option<T>>, f: impl Fn(T) -> U) -> Vec<Option<U>> {
-    da.into_iter().map(|d| d.map(&f)).collect()
-}
-
-/// A value and its tangents (`None`: zero) in [`Net::jvp_many`].
-enum Dual<B: Backend> {
-    Flat(Tensor<B, 2>, Vec<Option<Tensor<B, 2>>>),
-    Image(Tensor<B, 4>, Vec<Option<Tensor<B, 4>>>),
-}
-
-impl<B: Backend> Clone for Dual<B> {
-    fn clone(&self) -> Self {
-        match self {
-            Dual::Flat(a, d) => Dual::Flat(a.clone(), d.clone()),
-            Dual::Image(a, d) => Dual::Image(a.clone(), d.clone()),
-        }
-    }
-}
-
-/// The sum of two optional tangents (`None` is zero).
-fn add_tangents<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The tangents' sums, pairwise.
-fn add_all<T: std::ops::Add<Output = T>>(a: Vec<Option<T>>, b: Vec<Option<T>>) -> Vec<Option<T>> {
-    a.into_iter()
-        .zip(b)
-        .map(|(a, b)| add_tangents(a, b))
-        .collect()
-}
-
-impl<B: Backend> Dual<B> {
-    /// The residual sum and its tangent.
-    fn add(self, skip: Self) -> Self {
-        match (self, skip) {
-            (Dual::Flat(a, da), Dual::Flat(b, db)) => Dual::Flat(a + b, add_all(da, db)),
-            (Dual::Image(a, da), Dual::Image(b, db)) => Dual::Image(a + b, add_all(da, db)),
-            _ => unreachable!("validated at construction"),
         }
     }
 }

@@ -20,6 +20,10 @@ pub enum Role {
     Bias,
     /// A Hadamard (diagonal-net) factor.
     Diagonal,
+    /// BatchNorm's γ (initialised to 1, as in PyTorch).
+    NormScale,
+    /// BatchNorm's β (initialised to 0).
+    NormShift,
 }
 
 /// What an initialiser needs to know about one parameter.
@@ -64,6 +68,8 @@ impl InitScheme {
         let fan = init.fan_in.max(1) as f64;
         let normal = |rng: &mut ChaCha8Rng, std: f64| noisegeom_data::normal_vec(rng, len, std);
         match (self, init.role) {
+            (_, Role::NormScale) => vec![1.0; len],
+            (_, Role::NormShift) => vec![0.0; len],
             (InitScheme::Pytorch, _) => {
                 let bound = 1.0 / fan.sqrt();
                 (0..len).map(|_| rng.random_range(-bound..bound)).collect()

@@ -1,18 +1,18 @@
-//! `noisegeom measure` and `noisegeom export`: the geometry of one checkpoint (or of the
-//! initialisation), over a fixed, seeded probe set.
+//! `noisegeom measure`: the geometry of one checkpoint (the initialisation, or given weights),
+//! over a probe set.
 
 use noisegeom_kernels::AutodiffKernels;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::ValueEnum;
 use noisegeom_data::Dataset;
 use noisegeom_metrics::{MeasureOptions, Measurement, Method, ProbeOps, Resources, measure};
-use noisegeom_models::{Arch, Stage, flatten};
-use noisegeom_train::{ExperimentConfig, newest_checkpoint};
+use noisegeom_models::Arch;
 use serde_json::json;
 
 use crate::backend::Job;
+use crate::cmd::source::{Probe, ProbeSource};
 use crate::env::env_info;
 
 /// What `measure` computes.
@@ -26,131 +26,8 @@ pub enum What {
     Spectrum,
     /// SLQ spectral densities of G and H.
     Density,
-}
-
-/// Where θ and the data come from.
-pub struct Source {
-    pub config: ExperimentConfig,
-    pub arch: Arch,
-    pub theta: Vec<f64>,
-    /// `init` or `step N`.
-    pub at: String,
-    pub run_dir: Option<PathBuf>,
-}
-
-/// Resolves `--run DIR` (newest checkpoint) or `--config FILE --at-init`.
-fn resolve<B: AutodiffKernels>(
-    run: Option<&Path>,
-    config: Option<&Path>,
-    overrides: &[String],
-    data_dir: Option<&Path>,
-    device: &B::Device,
-) -> anyhow::Result<(Source, noisegeom_data::Prepared)> {
-    let (cfg, run_dir) = match (run, config) {
-        (Some(dir), _) => {
-            let path = dir.join("config.toml");
-            anyhow::ensure!(
-                path.is_file(),
-                "{} is not a noisegeom run directory (no config.toml); pass a run directory to --run",
-                dir.display()
-            );
-            (ExperimentConfig::from_file(&path)?, Some(dir.to_path_buf()))
-        }
-        (None, Some(path)) => (ExperimentConfig::from_file_with(path, overrides)?, None),
-        (None, None) => anyhow::bail!("give --run RUN_DIR, or --config FILE --at-init"),
-    };
-    let prepared = cfg.data.prepare(data_dir, cfg.seed)?;
-    let arch = cfg.model.arch(
-        &prepared.train.input_shape,
-        prepared.train.num_outputs(),
-        cfg.seed,
-    )?;
-    let (theta, at) = match &run_dir {
-        Some(dir) => {
-            let (path, ck) = newest_checkpoint(&dir.join("checkpoints"))?.with_context(|| {
-                format!(
-                    "{} has no readable checkpoint yet; train it first",
-                    dir.display()
-                )
-            })?;
-            anyhow::ensure!(
-                ck.arch == arch,
-                "checkpoint {} does not match the run's config; the run directory was edited",
-                path.display()
-            );
-            (ck.params, format!("step {}", ck.step))
-        }
-        None => {
-            let net = cfg.model.init::<B>(
-                &prepared.train.input_shape,
-                prepared.train.num_outputs(),
-                cfg.seed,
-                device,
-            )?;
-            (flatten(&net), "init".to_string())
-        }
-    };
-    Ok((
-        Source {
-            config: cfg,
-            arch,
-            theta,
-            at,
-            run_dir,
-        },
-        prepared,
-    ))
-}
-
-/// Where θ and the probe set come from, shared by `measure` and `export`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ProbeSource {
-    /// A run directory: its newest checkpoint is measured.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
-    pub run: Option<PathBuf>,
-    /// An experiment config; with --at-init, the freshly initialised model is measured.
-    #[arg(long, requires = "at_init")]
-    pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub at_init: bool,
-    /// Override config values (with --config), as for `train`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-    /// Dataset folder, overriding the config's.
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Probe samples: a seeded (class-balanced when possible) subset of the training set.
-    #[arg(long, default_value_t = 1000)]
-    pub probe_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub probe_seed: u64,
-}
-
-impl ProbeSource {
-    /// θ and the probe set: the set, its indices in the training set, whether it is balanced.
-    fn load<B: AutodiffKernels>(
-        &self,
-        device: &B::Device,
-    ) -> anyhow::Result<(Source, Dataset, Vec<usize>, bool)> {
-        let (src, prepared) = resolve::<B>(
-            self.run.as_deref(),
-            self.config.as_deref(),
-            &self.overrides,
-            self.data.as_deref(),
-            device,
-        )?;
-        let available = prepared.train.len();
-        anyhow::ensure!(
-            (1..=available).contains(&self.probe_size),
-            "--probe-size {}: the probe set is a subset of the {available} training samples of {}; give 1 to {available}",
-            self.probe_size,
-            prepared.train.provenance.name
-        );
-        let (probe, indices, balanced) = prepared
-            .train
-            .probe_subset(self.probe_size, self.probe_seed)?;
-        Ok((src, probe, indices, balanced))
-    }
+    /// f(x) on the probe set, written to the JSON (`outputs`), to check a converted model.
+    Outputs,
 }
 
 /// `noisegeom measure`: its options, as given on the command line.
@@ -238,7 +115,14 @@ impl Job for MeasureJob {
     type Output = String;
 
     fn run<B: AutodiffKernels>(self, device: B::Device, backend: &str) -> anyhow::Result<String> {
-        let (src, probe, indices, balanced) = self.source.load::<B>(&device)?;
+        let (
+            src,
+            Probe {
+                set: probe,
+                indices,
+                balanced,
+            },
+        ) = self.source.load::<B>(&device)?;
         let (opt, clamped) =
             self.options(probe.len(), src.arch.outputs(), src.arch.num_params())?;
         for note in &clamped {
@@ -264,21 +148,26 @@ impl Job for MeasureJob {
         let m = measure(&ops, &opt)?;
         let out = self.out.clone().unwrap_or_else(|| match &src.run_dir {
             Some(d) => d.join(format!("measure-{}.json", src.at.replace(' ', "-"))),
-            None => PathBuf::from(format!("measure-{}-init.json", src.config.model.kind())),
+            None => PathBuf::from(format!("measure-{}-init.json", src.model.kind())),
         });
-        let doc = json!({
-            "env": env_info(backend, src.config.seed, &std::env::args().collect::<Vec<_>>()),
+        let mut doc = json!({
+            "env": env_info(backend, src.seed, &std::env::args().collect::<Vec<_>>()),
             "at": src.at,
             "run_dir": src.run_dir,
             "dataset": probe.provenance,
             "probe": {"size": probe.len(), "seed": self.source.probe_seed, "class_balanced": balanced, "indices": indices},
-            "model": src.config.model,
+            "model": src.model,
+            "batchnorm": batchnorm_note(&src.arch),
             "loss_convention": "L = 1/(2n) sum_i ||f(x_i) - y_i||^2, summed over outputs; targets one-hot for classes",
             "options": opt,
             "clamped": clamped,
             "resources": {"estimate": resources, "measured_peak_bytes": crate::mem::peak_bytes()},
             "measurement": m,
         });
+        if self.what.contains(&What::Outputs) {
+            doc["outputs"] =
+                json!({"shape": [probe.len(), src.arch.outputs()], "values": ops.outputs()});
+        }
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -360,6 +249,21 @@ impl MeasureJob {
         };
         Ok((opt, clamped))
     }
+}
+
+/// Which BatchNorm layers' γ and β are parameters of θ (`trainable`) and which are fixed.
+fn batchnorm_note(arch: &Arch) -> Vec<serde_json::Value> {
+    arch.stages
+        .iter()
+        .zip(arch.module_names())
+        .filter_map(|(stage, name)| match stage {
+            noisegeom_models::Stage::BatchNorm { frozen, .. } => Some(json!({
+                "module": name,
+                "weight_and_bias_in_theta": frozen.is_none(),
+            })),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The readable table printed after a measurement.
@@ -452,117 +356,4 @@ pub fn summary(m: &Measurement, at: &str, probe: &Dataset, balanced: bool) -> St
         .collect();
     s += &format!("time: {}", secs.join(", "));
     s
-}
-
-pub struct ExportJob {
-    pub source: ProbeSource,
-    pub out: PathBuf,
-}
-
-impl Job for ExportJob {
-    type Output = String;
-
-    fn run<B: AutodiffKernels>(self, device: B::Device, _backend: &str) -> anyhow::Result<String> {
-        let (src, probe, indices, _) = self.source.load::<B>(&device)?;
-        let bytes = export_safetensors(&src, &probe, &indices)?;
-        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        noisegeom_train::fsio::write_atomic(&self.out, &bytes)
-            .with_context(|| format!("cannot write {}", self.out.display()))?;
-        Ok(format!(
-            "wrote {} ({} parameters, {} probe samples); tensor names and layouts are listed in its metadata",
-            self.out.display(),
-            src.theta.len(),
-            probe.len()
-        ))
-    }
-}
-
-/// θ (PyTorch layouts: Linear `[out, in]`, Conv2d `[out, in, kh, kw]`, f32), fixed layers,
-/// the probe inputs `[n, *input_shape]` (after normalisation), targets `[n, c]` and the probe
-/// indices into the training set, as safetensors. The metadata holds the architecture and
-/// the loss convention as JSON.
-pub fn export_safetensors(
-    src: &Source,
-    probe: &Dataset,
-    indices: &[usize],
-) -> anyhow::Result<Vec<u8>> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    let f32s = |v: &mut dyn Iterator<Item = f64>| {
-        v.flat_map(|x| (x as f32).to_le_bytes())
-            .collect::<Vec<u8>>()
-    };
-    let mut off = 0;
-    for (name, shape) in src.arch.param_layout() {
-        let len: usize = shape.iter().product();
-        owned.push((
-            name,
-            Dtype::F32,
-            shape,
-            f32s(&mut src.theta[off..off + len].iter().copied()),
-        ));
-        off += len;
-    }
-    for (i, st) in src.arch.stages.iter().enumerate() {
-        if let Stage::FixedDense { out, weights } = st {
-            owned.push((
-                format!("s{i}.fixed_weight"),
-                Dtype::F32,
-                vec![*out, weights.len() / out],
-                weights.iter().flat_map(|w| w.to_le_bytes()).collect(),
-            ));
-        }
-    }
-    let mut xshape = vec![probe.len()];
-    xshape.extend(&probe.input_shape);
-    owned.push((
-        "probe.x".into(),
-        Dtype::F32,
-        xshape,
-        probe.inputs.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    ));
-    owned.push((
-        "probe.y".into(),
-        Dtype::F32,
-        vec![probe.len(), probe.num_outputs()],
-        probe
-            .target_matrix()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    ));
-    owned.push((
-        "probe.indices".into(),
-        Dtype::I64,
-        vec![indices.len()],
-        indices
-            .iter()
-            .flat_map(|&v| (v as i64).to_le_bytes())
-            .collect(),
-    ));
-    let views: Vec<(String, TensorView)> = owned
-        .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert(
-        "noisegeom_arch".to_string(),
-        serde_json::to_string(&src.arch)?,
-    );
-    meta.insert(
-        "noisegeom_model".to_string(),
-        serde_json::to_string(&src.config.model)?,
-    );
-    meta.insert("at".to_string(), src.at.clone());
-    meta.insert(
-        "layout".to_string(),
-        "sI.weight / sI.bias belong to stage I of noisegeom_arch; dense weights are [out, in] (torch.nn.Linear), conv weights [out, in, kh, kw] (torch.nn.Conv2d, stride/padding in the arch); sI.fixed_weight is an untrained layer (x @ W.T); probe.x is NCHW for images".to_string(),
-    );
-    meta.insert(
-        "loss".to_string(),
-        "L = 1/(2n) sum_i ||f(x_i) - y_i||^2 over probe.x, probe.y".to_string(),
-    );
-    Ok(safetensors::serialize(views, Some(meta))?)
 }

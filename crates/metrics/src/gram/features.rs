@@ -20,6 +20,10 @@ pub(super) enum Record<B: Kernels> {
         input: Tensor<B, 2>,
         probe: Tensor<Ad<B>, 2>,
     },
+    Norm {
+        input: Tensor<B, 3>,
+        probe: Tensor<Ad<B>, 3>,
+    },
 }
 
 pub(super) struct GramTap<B: Kernels> {
@@ -84,6 +88,16 @@ impl<B: Kernels> Tap<Ad<B>> for GramTap<B> {
         let z = self.copy(z);
         let probe = zero_probe(&z);
         self.records.push(Record::Hadamard {
+            input: input.clone().inner(),
+            probe: probe.clone(),
+        });
+        z + probe
+    }
+
+    fn norm(&mut self, input: &Tensor<Ad<B>, 3>, z: Tensor<Ad<B>, 3>) -> Tensor<Ad<B>, 3> {
+        let z = self.copy(z);
+        let probe = zero_probe(&z);
+        self.records.push(Record::Norm {
             input: input.clone().inner(),
             probe: probe.clone(),
         });
@@ -345,6 +359,19 @@ pub(super) fn autodiff_features<B: Kernels>(
                 let delta = probe.grad(&grads).expect("probe reached");
                 Feature::Rows(input.narrow(0, 0, b).repeat_dim(0, c) * delta)
             }
+            Record::Norm { input, probe } => {
+                // γ's gradient row sums x̂ ⊙ δ over positions, β's sums δ.
+                let delta = probe.grad(&grads).expect("probe reached");
+                let [rows, ch, _] = delta.dims();
+                let scale = (input.narrow(0, 0, b).repeat_dim(0, c) * delta.clone()).sum_dim(2);
+                Feature::Rows(Tensor::cat(
+                    vec![
+                        scale.reshape([rows, ch]),
+                        delta.sum_dim(2).reshape([rows, ch]),
+                    ],
+                    1,
+                ))
+            }
         });
     }
     feats
@@ -356,12 +383,7 @@ pub(super) fn autodiff_features<B: Kernels>(
 /// between them.
 pub(super) fn symmetric_layer(stages: &[Stage]) -> Option<usize> {
     let params: Vec<usize> = (0..stages.len())
-        .filter(|&k| {
-            matches!(
-                stages[k],
-                Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
-            )
-        })
+        .filter(|&k| stages[k].is_parametric())
         .collect();
     let [.., prev, last] = params[..] else {
         return None;

@@ -227,12 +227,7 @@ pub fn feature_bytes_per_sample<B: Kernels>(ops: &ProbeOps<B>) -> usize {
 /// parametric layer on: the forward before it runs once, unless a residual shortcut is
 /// saved there (it would then be added to the copies).
 pub(super) fn late_copies<B: Kernels>(ops: &ProbeOps<B>) -> bool {
-    let mut before = ops.arch.stages.iter().take_while(|s| {
-        !matches!(
-            s,
-            Stage::Dense { .. } | Stage::Conv { .. } | Stage::Hadamard
-        )
-    });
+    let mut before = ops.arch.stages.iter().take_while(|s| !s.is_parametric());
     !before.any(|s| matches!(s, Stage::SaveSkip)) && ops.arch.num_params() > 0
 }
 

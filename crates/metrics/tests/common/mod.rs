@@ -6,7 +6,9 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
-use noisegeom_models::{Arch, FlatSource, ModelConfig, Net, RandomInit, autodiff_lock, flatten};
+use noisegeom_models::{
+    Arch, FlatSource, ModelConfig, Net, RandomInit, Stage, autodiff_lock, flatten,
+};
 
 pub type F64 = NdArray<f64>;
 pub type Ad = Autodiff<F64>;
@@ -29,7 +31,7 @@ pub struct Problem {
 
 /// Every model kind, tiny, with c = 1 and c > 1 (including c = 10).
 pub fn zoo(n: usize) -> Vec<Problem> {
-    let specs: [(&str, Vec<usize>, usize); 12] = [
+    let specs: [(&str, Vec<usize>, usize); 13] = [
         ("kind = \"linear\"\nbias = true", vec![5], 1),
         ("kind = \"linear\"", vec![4], 10),
         ("kind = \"two_layer_linear\"\nwidth = 4", vec![5], 2),
@@ -74,6 +76,7 @@ pub fn zoo(n: usize) -> Vec<Problem> {
             vec![1, 4, 4],
             2,
         ),
+        (SEQUENTIAL, vec![1, 4, 4], 2),
     ];
     specs
         .into_iter()
@@ -86,7 +89,11 @@ pub fn zoo(n: usize) -> Vec<Problem> {
                 &mut RandomInit::new(&dev(), cfg.init_scheme(), 100 + k as u64),
             )
             .unwrap();
-            let theta = flatten(&net);
+            let mut theta = flatten(&net);
+            let mut arch = arch;
+            if cfg.kind() == "sequential" {
+                randomise_batchnorm(&mut arch, &mut theta, k as u64);
+            }
             let d: usize = shape.iter().product();
             let mut rng = noisegeom_data::seeded_rng(k as u64, "dense-test-data");
             let x = noisegeom_data::normal_vec(&mut rng, n * d, 1.0);
@@ -103,6 +110,56 @@ pub fn zoo(n: usize) -> Vec<Problem> {
             }
         })
         .collect()
+}
+
+/// A `sequential` net with a residual block, trainable and frozen BatchNorm (eval mode),
+/// GELU, tanh and average pooling.
+const SEQUENTIAL: &str = r#"
+kind = "sequential"
+layers = [
+  { op = "conv2d", out = 2, kernel = 3, padding = 1 },
+  { op = "batchnorm2d" },
+  { op = "gelu" },
+  { op = "residual", layers = [
+    { op = "conv2d", out = 2, kernel = 3, padding = 1, bias = false },
+    { op = "batchnorm2d", trainable = false },
+    { op = "tanh" },
+  ] },
+  { op = "avgpool2d", kernel = 2 },
+  { op = "flatten" },
+  { op = "batchnorm1d" },
+  { op = "linear", out = 2 },
+]
+"#;
+
+/// Random running statistics (and frozen γ, β) for every BatchNorm, and θ moved off its
+/// initialisation (BatchNorm's γ = 1, β = 0), so that none of them is trivial.
+fn randomise_batchnorm(arch: &mut Arch, theta: &mut [f64], seed: u64) {
+    let mut rng = noisegeom_data::seeded_rng(seed, "dense-test-batchnorm");
+    for stage in &mut arch.stages {
+        if let Stage::BatchNorm {
+            mean, var, frozen, ..
+        } = stage
+        {
+            let c = mean.len();
+            let mut draw = |std: f64| -> Vec<f32> {
+                noisegeom_data::normal_vec(&mut rng, c, std)
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect()
+            };
+            *mean = draw(0.5);
+            *var = draw(0.5).iter().map(|v| 0.5 + v.abs()).collect();
+            if let Some(a) = frozen {
+                a.weight = draw(0.5).iter().map(|v| 1.0 + v).collect();
+                a.bias = draw(0.5);
+            }
+        }
+    }
+    let noise = noisegeom_data::normal_vec(&mut rng, theta.len(), 0.3);
+    for (t, e) in theta.iter_mut().zip(noise) {
+        *t += e;
+    }
 }
 
 /// Dense matrices for one problem. Matrices are row-major `Vec<Vec<f64>>`.

@@ -64,6 +64,7 @@ pub(crate) fn zoo() -> Vec<(ModelConfig, Vec<usize>, usize)> {
             vec![2, 4, 4],
             2,
         ),
+        (sequential::TINY, vec![2, 4, 4], 3),
     ];
     toml_models
         .into_iter()
@@ -490,3 +491,4 @@ fn two_layer_readout_is_fixed_plus_minus_one_over_sqrt_m() {
 }
 
 mod passes;
+mod sequential;

@@ -83,6 +83,18 @@ pub(super) fn open(opts: &RunOptions) -> Result<Setup, TrainError> {
         prepared.train.num_outputs(),
         cfg.seed,
     )?;
+    if let Some(i) = arch
+        .stages
+        .iter()
+        .position(|s| matches!(s, noisegeom_models::Stage::BatchNorm { .. }))
+    {
+        return Err(TrainError::Config {
+            path: "model.layers".into(),
+            message: format!(
+                "stage {i} is a batchnorm, which noisegeom does not train: in training mode its batch statistics couple the samples, so per-sample gradients and G are undefined; train without it, and measure networks with BatchNorm in eval mode (`noisegeom measure --weights`)"
+            ),
+        });
+    }
 
     if !opts.resume {
         write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())
