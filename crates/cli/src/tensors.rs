@@ -273,8 +273,12 @@ pub fn read_npy(path: &Path) -> anyhow::Result<NamedTensor> {
         }
     };
     let data = &bytes[start + len..];
-    let count: usize = shape.iter().product();
     let width = dtype.bitsize() / 8;
+    let count = shape
+        .iter()
+        .try_fold(width, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(&format!("shape {shape:?} is too large")))?
+        / width;
     ensure!(
         data.len() == count * width,
         bad(&format!(
@@ -287,4 +291,74 @@ pub fn read_npy(path: &Path) -> anyhow::Result<NamedTensor> {
         shape,
         values: to_f64(dtype, data)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A readable file: every tensor holds as many values as its shape says.
+    fn consistent(t: &BTreeMap<String, NamedTensor>) -> bool {
+        t.values()
+            .all(|t| t.values.len() == t.shape.iter().product::<usize>())
+    }
+
+    /// Seeded corruptions (truncations, flipped bytes, huge declared sizes) of a safetensors
+    /// state_dict and of a .npy probe file: a truncation is an error, anything else an error
+    /// or a consistent file; nothing panics or allocates a declared size.
+    #[test]
+    fn fuzzed_weights_and_probe_files_fail_cleanly() {
+        use safetensors::tensor::{Dtype, TensorView};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rng = noisegeom_data::seeded_rng(0, "fuzz-tensors");
+        let mut next = |bound: usize| rand::RngExt::random_range(&mut rng, 0..bound);
+        let w: Vec<u8> = (0..24u16)
+            .flat_map(|v| half::f16::from_f32(v as f32).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = (0..4).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let views = vec![
+            (
+                "0.weight",
+                TensorView::new(Dtype::F16, vec![4, 6], &w).unwrap(),
+            ),
+            ("0.bias", TensorView::new(Dtype::F32, vec![4], &b).unwrap()),
+        ];
+        let st = safetensors::serialize(views, None).unwrap();
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
+        let header = format!("{header:<53}\n");
+        npy.extend((header.len() as u16).to_le_bytes());
+        npy.extend(header.as_bytes());
+        npy.extend((0..12).flat_map(|v| (v as f32).to_le_bytes()));
+        let path = tmp.path().join("f");
+        for (name, good) in [("safetensors", &st), ("npy", &npy)] {
+            for case in 0..150 {
+                let mut bytes = good.clone();
+                let (kind, at) = (case % 3, next(good.len()));
+                match kind {
+                    0 => bytes.truncate(at),
+                    1 => bytes[at] ^= 1 << next(8),
+                    // A header length declared as 2⁶⁴ − 1, or a dimension of 10¹⁹.
+                    _ if name == "safetensors" => bytes[..8].copy_from_slice(&[0xff; 8]),
+                    _ => {
+                        let h = String::from_utf8_lossy(&bytes)
+                            .replace("(3, 4)", "(9999999999999999999, 4)");
+                        bytes = h.into_bytes();
+                    }
+                }
+                std::fs::write(&path, &bytes).unwrap();
+                let what = format!("{name} case {case} (kind {kind}, byte {at})");
+                let got = if name == "npy" {
+                    read_npy(&path).map(|t| BTreeMap::from([("x".to_string(), t)]))
+                } else {
+                    read_safetensors(&path)
+                };
+                match (kind, got) {
+                    (0, got) => assert!(got.is_err(), "{what}"),
+                    (_, Ok(t)) => assert!(consistent(&t), "{what}"),
+                    (_, Err(_)) => {}
+                }
+            }
+        }
+    }
 }
