@@ -5,10 +5,18 @@
 
 use crate::support::{run, skipped};
 
-fn adapter_present() -> bool {
+/// Whether this machine has no wgpu adapter; if so, `test` is reported SKIPPED.
+fn no_adapter(test: &str) -> bool {
     let out = run(&["backends"]);
     assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).contains("wgpu: adapter")
+    let absent = !String::from_utf8_lossy(&out.stdout).contains("wgpu: adapter");
+    if absent {
+        skipped(
+            test,
+            "no wgpu adapter (apt-get install mesa-vulkan-drivers to run it)",
+        );
+    }
+    absent
 }
 
 fn step_losses(dir: &std::path::Path) -> Vec<f64> {
@@ -25,12 +33,7 @@ fn step_losses(dir: &std::path::Path) -> Vec<f64> {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_training_matches_cpu_on_tiny_shapes() {
-    if !adapter_present() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED wgpu_training_matches_cpu_on_tiny_shapes: no wgpu adapter on this machine (apt-get install mesa-vulkan-drivers to run it)"
-        );
+    if no_adapter("wgpu_training_matches_cpu_on_tiny_shapes") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -85,11 +88,8 @@ fn test_accuracy(dir: &std::path::Path) -> f64 {
 #[test]
 fn wgpu_trains_fashion_mnist_past_the_device_binding_limit_as_the_cpu_does() {
     let name = "wgpu_trains_fashion_mnist_past_the_device_binding_limit_as_the_cpu_does";
-    if !adapter_present() {
-        return skipped(
-            name,
-            "no wgpu adapter (apt-get install mesa-vulkan-drivers)",
-        );
+    if no_adapter(name) {
+        return;
     }
     if !std::path::Path::new(DEBIAN_FASHION_MNIST).is_dir() {
         return skipped(name, "apt-get install dataset-fashion-mnist to run it");
@@ -159,11 +159,8 @@ fn measured(file: &std::path::Path) -> serde_json::Value {
 #[test]
 fn wgpu_measures_mu_and_the_top_eigenvalues_as_the_cpu_does() {
     let name = "wgpu_measures_mu_and_the_top_eigenvalues_as_the_cpu_does";
-    if !adapter_present() {
-        return skipped(
-            name,
-            "no wgpu adapter (apt-get install mesa-vulkan-drivers)",
-        );
+    if no_adapter(name) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut results = Vec::new();
@@ -256,11 +253,8 @@ fn last_step(dir: &std::path::Path) -> u64 {
 #[test]
 fn wgpu_training_memory_stays_flat_over_a_long_run() {
     let name = "wgpu_training_memory_stays_flat_over_a_long_run";
-    if !adapter_present() {
-        return skipped(
-            name,
-            "no wgpu adapter (apt-get install mesa-vulkan-drivers)",
-        );
+    if no_adapter(name) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
@@ -316,11 +310,8 @@ fn wgpu_training_memory_stays_flat_over_a_long_run() {
 #[test]
 fn a_device_allocation_failure_stops_the_run_with_one_line() {
     let name = "a_device_allocation_failure_stops_the_run_with_one_line";
-    if !adapter_present() {
-        return skipped(
-            name,
-            "no wgpu adapter (apt-get install mesa-vulkan-drivers)",
-        );
+    if no_adapter(name) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");

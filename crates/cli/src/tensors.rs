@@ -208,14 +208,22 @@ pub fn probe_tensors(path: &Path) -> anyhow::Result<ProbeTensors> {
 }
 
 /// The probe tensors of a pair of `.npy` files: inputs, and targets `[n, c]` or labels `[n]`.
-pub fn probe_npy(x: &Path, y: &Path) -> anyhow::Result<ProbeTensors> {
-    let targets = read_npy(y)?;
-    let labels = targets.shape.len() == 1;
+pub fn probe_npy(x_path: &Path, y_path: &Path) -> anyhow::Result<ProbeTensors> {
+    let targets = read_npy(y_path)?;
+    let (y, labels) = if targets.shape.len() == 1 {
+        (None, Some(targets))
+    } else {
+        (Some(targets), None)
+    };
     Ok(ProbeTensors {
-        x: read_npy(x)?,
-        y: (!labels).then_some(targets.clone()),
-        labels: labels.then_some(targets),
-        origin: format!("--probe-x {} --probe-y {}", x.display(), y.display()),
+        x: read_npy(x_path)?,
+        y,
+        labels,
+        origin: format!(
+            "--probe-x {} --probe-y {}",
+            x_path.display(),
+            y_path.display()
+        ),
     })
 }
 

@@ -1,6 +1,7 @@
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::net::Shape;
 use crate::sequential::{LayerSpec, expand};
 use crate::{Activation, Arch, InitScheme, Kernels, ModelError, Net, RandomInit, Stage};
 
@@ -201,14 +202,10 @@ impl ModelConfig {
         let ModelConfig::Sequential { layers, .. } = self else {
             return None;
         };
-        let shape = match input_shape[..] {
-            [d] => crate::net::Shape::Flat(d),
-            [c, h, w] => crate::net::Shape::Image(c, h, w),
-            _ => return None,
-        };
+        let shape = Shape::of(input_shape)?;
         match expand(layers, shape, "", &mut Vec::new()).ok()? {
-            crate::net::Shape::Flat(c) => Some(c),
-            crate::net::Shape::Image(..) => None,
+            Shape::Flat(c) => Some(c),
+            Shape::Image(..) => None,
         }
     }
 
@@ -430,27 +427,25 @@ fn sequential_arch(
             "has input_shape = {g:?} but the data's inputs are {input_shape:?}"
         )));
     }
-    let shape = match input_shape[..] {
-        [d] if d > 0 => crate::net::Shape::Flat(d),
-        [c, h, w] if c * h * w > 0 => crate::net::Shape::Image(c, h, w),
-        _ => {
-            return Err(err(format!(
+    let shape = Shape::of(input_shape)
+        .filter(|_| input_shape.iter().all(|&s| s > 0))
+        .ok_or_else(|| {
+            err(format!(
                 "input_shape = {input_shape:?}: give [d] or [c, h, w], every size ≥ 1"
-            )));
-        }
-    };
+            ))
+        })?;
     if layers.is_empty() {
         return Err(err("needs at least one layer in `layers`".into()));
     }
     let mut stages = Vec::new();
     match expand(layers, shape, "", &mut stages)? {
-        crate::net::Shape::Flat(c) if c == outputs => {}
-        crate::net::Shape::Flat(c) => {
+        Shape::Flat(c) if c == outputs => {}
+        Shape::Flat(c) => {
             return Err(err(format!(
                 "the last layer gives {c} outputs but the targets have {outputs}; set the last linear layer's out = {outputs}"
             )));
         }
-        crate::net::Shape::Image(c, h, w) => {
+        Shape::Image(c, h, w) => {
             return Err(err(format!(
                 "the layers end on an image [{c}, {h}, {w}]; end with flatten or adaptive_avgpool2d and a linear layer"
             )));

@@ -94,8 +94,16 @@ impl<B: Kernels> Net<B> {
                     avg_pool(a, *kernel),
                     map_tangents(da, |d| avg_pool(d, *kernel)),
                 ),
-                (Stage::BatchNorm { frozen, .. }, v) => {
-                    let (scale, shift) = bn_fixed(stage);
+                (
+                    Stage::BatchNorm {
+                        eps,
+                        mean,
+                        var,
+                        frozen,
+                    },
+                    v,
+                ) => {
+                    let (scale, shift) = bn_fixed(*eps, mean, var, frozen.as_ref());
                     let v = match v {
                         Dual::Flat(a, da) => Dual::Flat(
                             fixed_affine(a, &scale, Some(&shift)),

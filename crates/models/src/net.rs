@@ -139,17 +139,13 @@ impl Arch {
     }
 
     pub(crate) fn input(&self) -> Result<Shape, ModelError> {
-        match self.input_shape[..] {
-            [d] => Ok(Shape::Flat(d)),
-            [c, h, w] => Ok(Shape::Image(c, h, w)),
-            _ => Err(ModelError::Arch {
-                stage: 0,
-                problem: format!(
-                    "input shape {:?} is neither [d] nor [c, h, w]",
-                    self.input_shape
-                ),
-            }),
-        }
+        Shape::of(&self.input_shape).ok_or_else(|| ModelError::Arch {
+            stage: 0,
+            problem: format!(
+                "input shape {:?} is neither [d] nor [c, h, w]",
+                self.input_shape
+            ),
+        })
     }
 
     /// Names and shapes of the parameters, in the flat-vector order. Names follow
@@ -247,6 +243,15 @@ pub(crate) fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
 }
 
 impl Shape {
+    /// The shape of inputs `[d]` or `[c, h, w]`.
+    pub(crate) fn of(dims: &[usize]) -> Option<Shape> {
+        match *dims {
+            [d] => Some(Shape::Flat(d)),
+            [c, h, w] => Some(Shape::Image(c, h, w)),
+            _ => None,
+        }
+    }
+
     /// Features of a vector, channels of an image.
     pub(crate) fn channels(self) -> usize {
         match self {
@@ -280,22 +285,16 @@ pub(crate) fn avg_pool<B: Backend>(a: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
 
 /// The fixed per-channel map of an eval-mode BatchNorm stage, `x ↦ scale ⊙ x + shift`,
 /// formed in f64: x̂ = (x − mean)/√(var + eps), then γ, β when frozen.
-pub(crate) fn bn_fixed(stage: &Stage) -> (Vec<f64>, Vec<f64>) {
-    let Stage::BatchNorm {
-        eps,
-        mean,
-        var,
-        frozen,
-    } = stage
-    else {
-        unreachable!("a BatchNorm stage")
-    };
+pub(crate) fn bn_fixed(
+    eps: f64,
+    mean: &[f32],
+    var: &[f32],
+    frozen: Option<&Affine>,
+) -> (Vec<f64>, Vec<f64>) {
     (0..mean.len())
         .map(|i| {
             let s = 1.0 / (var[i] as f64 + eps).sqrt();
-            let (g, b) = frozen
-                .as_ref()
-                .map_or((1.0, 0.0), |a| (a.weight[i] as f64, a.bias[i] as f64));
+            let (g, b) = frozen.map_or((1.0, 0.0), |a| (a.weight[i] as f64, a.bias[i] as f64));
             (g * s, b - mean[i] as f64 * g * s)
         })
         .unzip()
@@ -471,8 +470,16 @@ impl<B: Kernels> Net<B> {
                     Value::Flat(a.matmul(w))
                 }
                 (Stage::AvgPool { kernel }, Value::Image(a)) => Value::Image(avg_pool(a, *kernel)),
-                (Stage::BatchNorm { frozen, .. }, v) => {
-                    let (scale, shift) = bn_fixed(stage);
+                (
+                    Stage::BatchNorm {
+                        eps,
+                        mean,
+                        var,
+                        frozen,
+                    },
+                    v,
+                ) => {
+                    let (scale, shift) = bn_fixed(*eps, mean, var, frozen.as_ref());
                     let v = match v {
                         Value::Flat(a) => Value::Flat(fixed_affine(a, &scale, Some(&shift))),
                         Value::Image(a) => Value::Image(fixed_affine(a, &scale, Some(&shift))),

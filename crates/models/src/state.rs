@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::net::{Shape, next_shape};
-use crate::{Affine, Arch, ModelError, Stage};
+use crate::{Arch, ModelError, Stage};
 
 /// One named tensor of a network's state.
 #[derive(Clone, Debug, PartialEq)]
@@ -118,24 +118,11 @@ impl Arch {
     /// fixed tensors from the architecture. [`Arch::load_state`] reads them back.
     pub fn state_values(&self, theta: &[f64]) -> Vec<(StateEntry, Vec<f64>)> {
         let mut fixed: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-        for (stage, name) in self.stages.iter().zip(self.module_names()) {
-            let name = name.unwrap_or_default();
-            match stage {
-                Stage::FixedDense { weights, .. } => {
-                    fixed.insert(format!("{name}.weight"), f64s(weights));
-                }
-                Stage::BatchNorm {
-                    mean, var, frozen, ..
-                } => {
-                    fixed.insert(format!("{name}.running_mean"), f64s(mean));
-                    fixed.insert(format!("{name}.running_var"), f64s(var));
-                    if let Some(a) = frozen {
-                        fixed.insert(format!("{name}.weight"), f64s(&a.weight));
-                        fixed.insert(format!("{name}.bias"), f64s(&a.bias));
-                    }
-                }
-                _ => {}
+        let mut arch = self.clone();
+        for (stage, name) in arch.stages.iter_mut().zip(self.module_names()) {
+            for (suffix, values) in fixed_slots(stage) {
+                let name = format!("{}.{suffix}", name.as_deref().unwrap_or_default());
+                fixed.insert(name, values.iter().map(|&x| x as f64).collect());
             }
         }
         let mut off = 0;
@@ -198,23 +185,24 @@ impl Arch {
                     e.name, t.values[i]
                 ));
             }
+            if e.name.ends_with(".running_var")
+                && let Some(i) = t.values.iter().position(|v| *v < 0.0)
+            {
+                return err(format!(
+                    "tensor `{}` holds a negative variance ({}) at index {i}",
+                    e.name, t.values[i]
+                ));
+            }
             if e.trained {
                 theta.extend(t.values);
             } else {
                 fixed.insert(e.name.clone(), t.values);
             }
         }
-        let bn_counters: Vec<String> = tensors
-            .keys()
-            .filter(|k| {
-                k.strip_suffix(".num_batches_tracked")
-                    .is_some_and(|m| layout.iter().any(|e| e.name == format!("{m}.running_mean")))
-            })
-            .cloned()
-            .collect();
-        for k in bn_counters {
-            tensors.remove(&k);
-        }
+        tensors.retain(|k, _| {
+            !k.strip_suffix(".num_batches_tracked")
+                .is_some_and(|m| layout.iter().any(|e| e.name == format!("{m}.running_mean")))
+        });
         if !tensors.is_empty() {
             let names: Vec<&str> = tensors.keys().map(String::as_str).take(6).collect();
             return err(format!(
@@ -229,39 +217,32 @@ impl Arch {
             ));
         }
         let mut arch = self.clone();
-        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         for (stage, name) in arch.stages.iter_mut().zip(self.module_names()) {
-            let mut take = |suffix: &str| {
-                fixed.remove(&format!("{}.{suffix}", name.as_deref().unwrap_or_default()))
-            };
-            match stage {
-                Stage::FixedDense { weights, .. } => {
-                    if let Some(w) = take("weight") {
-                        *weights = f32s(w);
-                    }
-                }
-                Stage::BatchNorm {
-                    mean, var, frozen, ..
-                } => {
-                    *mean = f32s(take("running_mean").expect("read above"));
-                    *var = f32s(take("running_var").expect("read above"));
-                    if let Some(i) = var.iter().position(|v| *v < 0.0) {
-                        return err(format!(
-                            "tensor `{}.running_var` holds a negative variance ({}) at index {i}",
-                            name.unwrap_or_default(),
-                            var[i]
-                        ));
-                    }
-                    if frozen.is_some() {
-                        *frozen = Some(Affine {
-                            weight: f32s(take("weight").expect("read above")),
-                            bias: f32s(take("bias").expect("read above")),
-                        });
-                    }
-                }
-                _ => {}
+            for (suffix, values) in fixed_slots(stage) {
+                let name = format!("{}.{suffix}", name.as_deref().unwrap_or_default());
+                let read = fixed.remove(&name).expect("read above");
+                *values = read.into_iter().map(|x| x as f32).collect();
             }
         }
         Ok((arch, theta))
+    }
+}
+
+/// The fixed tensors of a stage, by the suffix of its module's name: a fixed layer's weight,
+/// a BatchNorm's running statistics, and its γ and β when frozen.
+fn fixed_slots(stage: &mut Stage) -> Vec<(&'static str, &mut Vec<f32>)> {
+    match stage {
+        Stage::FixedDense { weights, .. } => vec![("weight", weights)],
+        Stage::BatchNorm {
+            mean, var, frozen, ..
+        } => {
+            let mut slots = vec![("running_mean", mean), ("running_var", var)];
+            if let Some(a) = frozen {
+                slots.push(("weight", &mut a.weight));
+                slots.push(("bias", &mut a.bias));
+            }
+            slots
+        }
+        _ => Vec::new(),
     }
 }

@@ -42,7 +42,8 @@ impl Job for ExportJob {
     }
 }
 
-/// θ (PyTorch layouts: Linear `[out, in]`, Conv2d `[out, in, kh, kw]`, f32), fixed layers,
+/// θ (`torch.nn.Sequential` names and PyTorch layouts: Linear `[out, in]`, Conv2d `[out, in, kh, kw]`;
+/// f32, or f64 where θ is not f32-exact), fixed tensors,
 /// the probe inputs `[n, *input_shape]` (after normalisation), targets `[n, c]` and the probe
 /// indices into the training set, as safetensors. The metadata holds the architecture and
 /// the loss convention as JSON.
@@ -53,15 +54,17 @@ pub fn export_safetensors(
 ) -> anyhow::Result<Vec<u8>> {
     use safetensors::tensor::{Dtype, TensorView};
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    let f32s = |v: &mut dyn Iterator<Item = f64>| {
-        v.flat_map(|x| (x as f32).to_le_bytes())
-            .collect::<Vec<u8>>()
-    };
     // f32 when every value is one (θ trained in f32 always is), so nothing is rounded.
     let exact_f32 = src.theta.iter().all(|&v| (v as f32) as f64 == v);
     for (e, values) in src.arch.state_values(&src.theta) {
         let (dtype, bytes) = if exact_f32 || !e.trained {
-            (Dtype::F32, f32s(&mut values.into_iter()))
+            (
+                Dtype::F32,
+                values
+                    .iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            )
         } else {
             (
                 Dtype::F64,
