@@ -13,10 +13,12 @@ arguments after `--` go to it). A layer it cannot map is refused by name.
 --model is `module:attribute` (imported) or a file saved with torch.save(model). The model is
 put in eval mode: BatchNorm uses its running statistics. Supported layers: Linear, Conv2d
 (square kernel, equal strides and padding, no dilation or groups), ReLU, Tanh, GELU (exact),
-Identity, Flatten, AvgPool2d (stride = kernel, no padding), AdaptiveAvgPool2d(1),
-BatchNorm1d/2d (affine, with running statistics), and residual blocks: an nn.Sequential
-subclass whose class name contains "Residual" (or with `noisegeom_residual = True`), computing
-x + block(x).
+Identity, Flatten, AvgPool2d (no padding), AdaptiveAvgPool2d(1), BatchNorm1d/2d (affine,
+with running statistics), and residual blocks: an nn.Sequential subclass whose class name
+contains "Residual" (or with `noisegeom_residual = True`), computing block(x) + x, or
+block(x) + shortcut(x) when it has a child module named `shortcut` (a projection such as
+nn.Sequential(nn.Conv2d(c, c2, 1, stride=2, bias=False), nn.BatchNorm2d(c2))), the block being
+its other children in order.
 
 --inputs, --labels and --targets are tensors saved with torch.save (or .npy with numpy).
 Inputs are used as given: normalise them as the model was trained.
@@ -53,11 +55,24 @@ def pair(v, what, path):
     raise Unsupported(f"layer {path}: {what} {v} must be square (equal in both dimensions)")
 
 
-def layer_spec(m, path):
-    """The noisegeom layer spec (a dict) of module m at `path` (e.g. "3" or "3.1")."""
+def layer_spec(m, path, renames):
+    """The noisegeom layer spec (a dict) of module m at `path` (e.g. "3" or "3.1"). A state_dict
+    prefix that noisegeom names differently is added to `renames` (old prefix -> new)."""
     name = type(m).__name__
     if is_residual(m):
-        return {"op": "residual", "layers": [layer_spec(c, f"{path}.{j}") for j, c in enumerate(m)]}
+        block = [(k, c) for k, c in m.named_children() if k != "shortcut"]
+        if [k for k, _ in block] != [str(j) for j in range(len(block))]:
+            raise Unsupported(f"layer {path} ({name}): its block's children must be numbered 0, 1, ...")
+        spec = {"op": "residual", "layers": [layer_spec(c, f"{path}.{k}", renames) for k, c in block]}
+        sc = m._modules.get("shortcut")
+        if sc is not None:
+            if isinstance(sc, nn.Sequential):
+                spec["shortcut"] = [layer_spec(c, f"{path}.shortcut.{j}", renames) for j, c in enumerate(sc)]
+            else:
+                # One module: noisegeom names it as the first of a list.
+                spec["shortcut"] = [layer_spec(sc, f"{path}.shortcut.0", renames)]
+                renames[f"{path}.shortcut."] = f"{path}.shortcut.0."
+        return spec
     if isinstance(m, nn.Linear):
         return {"op": "linear", "out": m.out_features, "bias": m.bias is not None}
     if isinstance(m, nn.Conv2d):
@@ -90,9 +105,9 @@ def layer_spec(m, path):
     if isinstance(m, nn.AvgPool2d):
         k = pair(m.kernel_size, "kernel_size", path)
         s = pair(m.stride if m.stride is not None else k, "stride", path)
-        if s != k or pair(m.padding, "padding", path) != 0 or m.ceil_mode:
-            raise Unsupported(f"layer {path} (AvgPool2d): needs stride = kernel, no padding, ceil_mode=False")
-        return {"op": "avgpool2d", "kernel": k}
+        if pair(m.padding, "padding", path) != 0 or m.ceil_mode:
+            raise Unsupported(f"layer {path} (AvgPool2d): needs no padding and ceil_mode=False")
+        return {"op": "avgpool2d", "kernel": k, "stride": s}
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if pair(m.output_size, "output_size", path) != 1:
             raise Unsupported(f"layer {path} (AdaptiveAvgPool2d): only output size 1")
@@ -122,10 +137,10 @@ def toml_value(v):
     raise TypeError(v)
 
 
-def arch_toml(model, input_shape):
+def arch_toml(model, input_shape, renames):
     if not isinstance(model, nn.Sequential):
         raise Unsupported(f"the model is a {type(model).__name__}; give an nn.Sequential")
-    layers = [layer_spec(m, str(i)) for i, m in enumerate(model)]
+    layers = [layer_spec(m, str(i), renames) for i, m in enumerate(model)]
     lines = ["[model]", 'kind = "sequential"', f"input_shape = {toml_value(list(input_shape))}", "layers = ["]
     lines += [f"  {toml_value(spec)}," for spec in layers]
     lines.append("]")
@@ -219,8 +234,9 @@ def main(argv=None):
         model.load_state_dict(torch.load(args.state_dict, map_location="cpu"))
     model.eval()
     x = load_tensor(args.inputs).to(torch.float32)
+    renames = {}
     try:
-        arch = arch_toml(model, x.shape[1:])
+        arch = arch_toml(model, x.shape[1:], renames)
     except Unsupported as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -230,7 +246,14 @@ def main(argv=None):
               ("outputs", "outputs.json"), ("measure", "measure.json")]}
     with open(paths["arch"], "w") as f:
         f.write(arch)
-    state = {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    def rename(k):
+        for old, new in renames.items():
+            if k.startswith(old):
+                return new + k[len(old):]
+        return k
+
+    state = {rename(k): (v.to(torch.float32) if v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
     save_safetensors(paths["weights"], state)
     probe = {"x": x}
     if args.labels:

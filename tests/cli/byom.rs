@@ -188,6 +188,71 @@ fn an_exported_checkpoint_measures_bit_for_bit_like_the_run() {
     assert!(jb["at"].as_str().unwrap().starts_with("weights "));
 }
 
+/// `train --weights` starts from the given weights: the fine-tuning run's step-0 probe is,
+/// bit for bit, the last probe of the run the weights were exported from (same θ, same probe
+/// set), its step-0 checkpoint holds them (so a run stopped before its first checkpoint
+/// resumes from them), and `data.json` names them. Weights for another architecture, and
+/// `--weights` with `--resume`, are one-line errors.
+#[test]
+fn training_starts_from_given_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let sets = [
+        "train.steps=2",
+        "train.eval_every=2",
+        "model={kind = \"fnn\", hidden = [8], activation = \"tanh\"}",
+        "probe.size=16",
+        "probe.hessian=false",
+    ];
+    let args = tiny_train(&a, &sets);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let st = tmp.path().join("a.safetensors");
+    let stf = st.to_str().unwrap();
+    ok(&["export", "--run", a.to_str().unwrap(), "--out", stf]);
+    let mut args = tiny_train(&b, &sets);
+    args.extend(["--weights".into(), stf.into()]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let probes = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "probe")
+            .map(|mut v| {
+                let o = v.as_object_mut().unwrap();
+                o.remove("step");
+                o.remove("lr");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(probes(&a).last(), probes(&b).first());
+    assert_ne!(probes(&a).first(), probes(&b).first(), "not the seed's θ");
+    assert!(b.join("checkpoints/step-0000000000.ckpt").is_file());
+    let data = json(&b.join("data.json"));
+    assert!(
+        data["initial_weights"]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("a.safetensors")
+    );
+
+    // Another architecture: the first tensor that differs is named, with both shapes.
+    let mut args = tiny_train(&tmp.path().join("c"), &sets);
+    args.extend([
+        "--set".into(),
+        "model.hidden=[9]".into(),
+        "--weights".into(),
+        stf.into(),
+    ]);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_one_line_error(&out, &["--weights", "1.weight", "[9, 192]", "[8, 192]"]);
+    assert!(!tmp.path().join("c/metrics.jsonl").exists());
+    let out = run(&["train", "--resume", a.to_str().unwrap(), "--weights", stf]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--weights"));
+}
+
 /// A PyTorch-style state_dict (f32, f16, bf16, or renamed through --name-map) with a
 /// BatchNorm1d, and probe sets as safetensors or .npy pairs with integer labels.
 #[test]
@@ -355,8 +420,18 @@ import torch
 from torch import nn
 
 class Residual(nn.Sequential):
+    """block(x) + shortcut(x); the shortcut is the identity unless given."""
+    def __init__(self, *layers, shortcut=None):
+        super().__init__(*layers)
+        if shortcut is not None:
+            self.shortcut = shortcut
+
     def forward(self, x):
-        return x + super().forward(x)
+        y = x
+        for name, m in self.named_children():
+            if name != "shortcut":
+                y = m(y)
+        return y + (self.shortcut(x) if "shortcut" in self._modules else x)
 
 torch.manual_seed(0)
 model = nn.Sequential(
@@ -364,22 +439,26 @@ model = nn.Sequential(
     nn.BatchNorm2d(2),
     nn.ReLU(),
     Residual(nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.Tanh()),
+    Residual(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(),
+             shortcut=nn.Sequential(nn.Conv2d(2, 3, 1, stride=2, bias=False), nn.BatchNorm2d(3))),
+    nn.AvgPool2d(2, stride=1),
     nn.AvgPool2d(2),
     nn.Flatten(),
-    nn.Linear(18, 3),
+    nn.Linear(3, 3),
 )
 with torch.no_grad():
-    bn = model[1]
-    bn.running_mean.uniform_(-0.5, 0.5)
-    bn.running_var.uniform_(0.5, 2.0)
-    bn.weight.uniform_(0.5, 1.5)
-    bn.bias.uniform_(-0.3, 0.3)
+    for bn in [model[1], model[4].shortcut[1]]:
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
 model.eval()
 x = torch.randn(8, 1, 6, 6)
 labels = torch.randint(0, 3, (8,))
 "#;
 
-/// Converts the network with scripts/from_torch.py, measures it, and recomputes μ, Tr G and
+/// Converts the network (with a projection shortcut and overlapping pooling) with
+/// scripts/from_torch.py, measures it, and recomputes μ, Tr G and
 /// λ_max(G) from the definitions in PyTorch in float64 (J by torch.func.jacrev).
 const TORCH_CHECK: &str = r#"
 import copy, json, subprocess, sys

@@ -369,3 +369,84 @@ fn a_measurement_over_the_memory_limit_is_refused_at_once() {
     );
     assert!(started.elapsed().as_secs() < 30, "refused before the work");
 }
+
+/// A training run with probes estimates its peak before the first step and records it in
+/// `summary.json` beside the measured peak: within 2× either way, whether the training step
+/// or the probe's Gram dominates.
+#[test]
+fn a_training_runs_memory_estimate_is_within_2x_of_its_peak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "training step",
+            &[
+                "--set",
+                "data.n_train=4096",
+                "--set",
+                "train.batch_size=2048",
+                "--set",
+                "probe.size=16",
+            ],
+        ),
+        (
+            "Gram",
+            &["--set", "data.n_train=512", "--set", "probe.size=128"],
+        ),
+    ];
+    for (name, extra) in cases {
+        let dir = tmp.path().join(name.replace(' ', "-"));
+        let mut args = vec![
+            "train",
+            "--config",
+            "configs/quickstart.toml",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "data.n_test=64",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        let r = &s["resources"];
+        let estimate = r["estimate"]["peak_bytes"].as_f64().unwrap();
+        let peak = r["measured_peak_bytes"].as_f64().unwrap();
+        let phase = r["estimate"]["peak_phase"].as_str().unwrap();
+        assert!(
+            (0.5..=2.0).contains(&(peak / estimate)),
+            "{name}: estimated {estimate} bytes ({phase}), measured peak {peak}"
+        );
+        assert!(
+            phase.starts_with(name),
+            "{name}: the estimate's largest phase is {phase}"
+        );
+    }
+}
+
+/// A training run whose estimate exceeds `--max-memory` is refused before its first step,
+/// naming the keys that would make it fit, and leaves no log or checkpoint.
+#[test]
+fn a_training_run_over_the_memory_limit_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args = crate::support::tiny_train(&dir, &[]);
+    args.extend(["--max-memory".into(), "0.001".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let out = run(&args);
+    crate::support::assert_one_line_error(
+        &out,
+        &["estimated peak memory", "--max-memory", "probe.size"],
+    );
+    assert!(started.elapsed().as_secs() < 30, "refused before the work");
+    // Nothing of a run was started: the same command with more memory may use the folder.
+    assert!(!dir.join("metrics.jsonl").exists());
+}

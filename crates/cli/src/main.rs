@@ -11,7 +11,6 @@ mod backend;
 mod cmd;
 mod env;
 mod malloc;
-mod mem;
 mod progress;
 mod signals;
 mod sources;
@@ -33,6 +32,11 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Refuse to start a job (training with probes, a measurement, a figure job) whose
+    /// estimated peak memory exceeds this many GB (default: 80% of the machine's physical
+    /// memory).
+    #[arg(long, value_name = "GB", global = true)]
+    max_memory: Option<f64>,
 }
 
 /// Flags every compute command shares.
@@ -68,6 +72,13 @@ enum Command {
         /// Override a config value, e.g. --set train.steps=100 --set model.channels=[16,32,32].
         #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
         overrides: Vec<String>,
+        /// Start from these weights (safetensors, a PyTorch state_dict with the model's
+        /// tensor names) instead of the seeded initialisation: fine-tuning.
+        #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+        weights: Option<PathBuf>,
+        /// Renames the weights' tensors: a TOML or JSON table, external name → noisegeom name.
+        #[arg(long, value_name = "FILE", requires = "weights")]
+        name_map: Option<PathBuf>,
         #[command(flatten)]
         compute: Compute,
     },
@@ -222,6 +233,15 @@ fn main() -> ExitCode {
     malloc::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    if let Some(gb) = cli.max_memory {
+        if !(gb > 0.0 && gb.is_finite()) {
+            error_line(&format!(
+                "--max-memory {gb}: give the memory limit in GB, above 0"
+            ));
+            return ExitCode::from(2);
+        }
+        noisegeom_data::mem::set_limit((gb * 1e9) as u64);
+    }
     let on_signal = match &cli.command {
         Command::Train { .. }
         | Command::Figure { .. }
@@ -311,9 +331,14 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             seed,
             out,
             overrides,
+            weights,
+            name_map,
             compute,
         } => {
-            let job = cmd::train::TrainJob::new(config, &overrides, resume, out, data, seed)?;
+            let mut job = cmd::train::TrainJob::new(config, &overrides, resume, out, data, seed)?;
+            if let Some(path) = weights {
+                job.initial = Some(cmd::train::initial_weights(&path, name_map.as_deref())?);
+            }
             dispatch(compute.backend, compute.precision, job)
         }
         Command::Data {

@@ -87,4 +87,8 @@ impl Observer for Progress {
     fn checkpointed(&mut self, step: u64, path: &Path) {
         tracing::debug!("checkpoint at step {step}: {}", path.display());
     }
+
+    fn estimated(&mut self, resources: &noisegeom_metrics::Resources) {
+        tracing::info!("{} per probe", resources.summary());
+    }
 }

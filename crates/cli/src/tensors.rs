@@ -8,6 +8,20 @@ use anyhow::{Context, bail, ensure};
 use noisegeom_data::{Dataset, Provenance, Targets};
 use noisegeom_models::NamedTensor;
 
+/// A state_dict for `--weights`: the tensors of a safetensors file but its `probe.*` ones
+/// (`export` writes the probe set into the same file), renamed by `--name-map` if given.
+pub fn read_state_dict(
+    path: &Path,
+    name_map: Option<&Path>,
+) -> anyhow::Result<BTreeMap<String, NamedTensor>> {
+    let mut tensors = read_safetensors(path)?;
+    tensors.retain(|name, _| !name.starts_with("probe."));
+    match name_map {
+        Some(map) => apply_name_map(tensors, map),
+        None => Ok(tensors),
+    }
+}
+
 /// Every tensor of a safetensors file, converted to f64 (f16, bf16, f32, f64 and integer
 /// tensors are accepted).
 pub fn read_safetensors(path: &Path) -> anyhow::Result<BTreeMap<String, NamedTensor>> {

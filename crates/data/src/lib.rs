@@ -11,11 +11,14 @@
 //!   labelled by a fixed random teacher network.
 //! - [`Sampler`]: minibatch indices as a pure function of `(seed, step)`.
 //! - [`stop`]: the process-wide stop request (SIGINT, SIGTERM) that long loops read.
+//! - [`mem`]: this process's memory (Linux `/proc`) and the memory limit jobs are checked
+//!   against.
 
 pub mod cifar10;
 mod config;
 mod error;
 pub mod idx;
+pub mod mem;
 mod rng;
 mod sampler;
 pub mod stop;

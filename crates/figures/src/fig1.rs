@@ -8,9 +8,9 @@
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, EffDim, gaussian};
 use noisegeom_kernels::Kernels;
-use noisegeom_metrics::ProbeOps;
 use noisegeom_metrics::alignment::exact_alignment_streamed;
 use noisegeom_metrics::gram::{FeatureBudget, TILE};
+use noisegeom_metrics::{ProbeOps, Resources};
 use noisegeom_models::{Activation, InitScheme, ModelConfig, Net, RandomInit, flatten};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -238,6 +238,10 @@ impl Figure for Fig1 {
             };
             let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
             let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n, device)?;
+            crate::check_memory(
+                |base| Resources::of_gram(&ops, 8 << 30, false, base),
+                "lower `n`, `d_eff` or the largest of `widths` in the figure config",
+            )?;
             let la = exact_alignment_streamed(&ops, n, TILE, FeatureBudget::strict(8 << 30))?;
             match (la.mu.value(), la.mu_unc.value()) {
                 (Some(a), Some(b)) => {

@@ -7,10 +7,10 @@
 use noisegeom_data::Targets;
 use noisegeom_data::synthetic::{Covariance, gaussian};
 use noisegeom_kernels::Kernels;
-use noisegeom_metrics::ProbeOps;
 use noisegeom_metrics::alignment::exact_spectrum;
 use noisegeom_metrics::gram::gram;
 use noisegeom_metrics::report::{Cutoffs, eps_of};
+use noisegeom_metrics::{ProbeOps, Resources};
 use noisegeom_models::{InitScheme, ModelConfig, Net, RandomInit, flatten};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -132,6 +132,10 @@ impl Figure for Fig2a {
         };
         let y: Vec<f64> = values.iter().map(|v| *v as f64).collect();
         let ops = ProbeOps::<B>::new(arch, &theta, &x, &y, n, n.min(512), device)?;
+        crate::check_memory(
+            |base| Resources::of_gram(&ops, 8 << 30, true, base),
+            "lower `dim` or the largest of `ns` in the figure config",
+        )?;
         let s = exact_spectrum(&gram(&ops, n.min(512), 8 << 30)?, ops.residuals(), &cut);
         let two_l = 2.0 * ops.loss();
         let ratio: Vec<f64> = s.alpha.iter().zip(&s.lambda).map(|(a, l)| a / l).collect();

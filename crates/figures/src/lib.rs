@@ -166,6 +166,16 @@ impl Output {
     }
 }
 
+/// Refuses a job whose estimated peak memory exceeds the process's limit (`--max-memory`);
+/// `fix` names the config keys that would make it fit.
+pub(crate) fn check_memory(
+    estimate: impl FnOnce(u64) -> noisegeom_metrics::Resources,
+    fix: &str,
+) -> Result<(), FigureError> {
+    let base = noisegeom_data::mem::resident_bytes().unwrap_or(0);
+    Ok(estimate(base).check(fix)?)
+}
+
 /// A results struct as JSON (results hold plain numbers, strings and vectors).
 pub fn to_value<T: Serialize>(results: &T) -> serde_json::Value {
     serde_json::to_value(results).expect("results serialise")

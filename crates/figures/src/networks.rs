@@ -61,9 +61,10 @@ pub fn train_in<B: Kernels>(
         resume,
         env: json!({"written_by": "noisegeom figure (a network figure's training job)"}),
         backend: std::any::type_name::<B>().to_string(),
+        initial: None,
     };
     let summary = match train::<Autodiff<B>>(opts, device, &mut Silent)? {
-        Outcome::Finished(summary) => summary,
+        Outcome::Finished(summary) => *summary,
         Outcome::Interrupted { step, .. } => {
             return Err(FigureError::Interrupted(format!(
                 "interrupted: training in {} checkpointed at step {step}; rerun the figure or shard to continue it",

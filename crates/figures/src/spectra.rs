@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use noisegeom_data::{DataConfig, Source};
 use noisegeom_metrics::ProbeOps;
 use noisegeom_metrics::report::Ratio;
-use noisegeom_metrics::{EigenDirections, MeasureOptions, Method, measure};
+use noisegeom_metrics::{EigenDirections, MeasureOptions, Method, Resources, measure};
 use noisegeom_models::{ModelConfig, flatten};
 use noisegeom_train::{ExperimentConfig, TrainSettings};
 use serde::{Deserialize, Serialize};
@@ -260,6 +260,10 @@ impl<K: SpectraKind> Figure for Spectra<K> {
             seed: cfg.probe_seed,
             ..MeasureOptions::default()
         };
+        crate::check_memory(
+            |base| Resources::of_measure(&ops, &opt, base),
+            "lower probe_size, chunk, k or lanczos_iters in the figure config",
+        )?;
         let meas = measure(&ops, &opt)?;
         let directions = |d: &EigenDirections| Directions {
             lambda: d.lanczos.top.iter().map(|r| r.value).collect(),

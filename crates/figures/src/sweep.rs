@@ -165,7 +165,38 @@ struct JobFile<P> {
     backend: String,
     shard: String,
     seconds: f64,
+    /// The process's peak resident memory during the job, in bytes (0 where the system does
+    /// not say, and in job files from before it was recorded). Its presence also marks a
+    /// file that must carry a checksum.
+    #[serde(default)]
+    peak_bytes: u64,
     result: P,
+}
+
+/// The last line of a job file: the FNV-1a checksum of every byte before it.
+const CHECKSUM_PREFIX: &str = "# fnv1a64 ";
+
+/// A job file's bytes: the TOML, then its checksum line.
+fn with_checksum(text: &str) -> Vec<u8> {
+    let sum = noisegeom_train::fsio::fnv(text.as_bytes());
+    format!("{text}{CHECKSUM_PREFIX}{sum:016x}\n").into_bytes()
+}
+
+/// The TOML of a job file whose checksum line matches it. Files written before job files
+/// carried a checksum (no `peak_bytes`, no checksum line) are taken as they are, so that
+/// finished work stays valid; a file that records `peak_bytes` must carry its checksum.
+fn verified(bytes: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let body = text.strip_suffix('\n')?;
+    match body.rfind('\n') {
+        Some(at) if body[at + 1..].starts_with(CHECKSUM_PREFIX) => {
+            let (toml, line) = text.split_at(at + 1);
+            let sum = u64::from_str_radix(line.trim_end()[CHECKSUM_PREFIX.len()..].trim(), 16);
+            (sum == Ok(noisegeom_train::fsio::fnv(toml.as_bytes()))).then_some(toml)
+        }
+        _ if !text.contains("\npeak_bytes") && !text.contains("\n#") => Some(text),
+        _ => None,
+    }
 }
 
 /// What [`Sweep::run_shard`] did.
@@ -223,10 +254,12 @@ impl<'a, F: Figure> Sweep<'a, F> {
     }
 
     /// A job's file if it is whole and belongs to this figure, config, mode and numerics;
-    /// otherwise why not.
+    /// otherwise why not. A damaged file (its checksum fails, or it does not parse) is
+    /// stale: the job is run again.
     fn read_job(&self, id: &str) -> Result<JobFile<toml::Value>, JobState> {
-        let text = std::fs::read_to_string(self.job_path(id)).map_err(|_| JobState::Missing)?;
-        let doc = toml::from_str::<JobFile<toml::Value>>(&text).map_err(|_| JobState::Stale)?;
+        let bytes = std::fs::read(self.job_path(id)).map_err(|_| JobState::Missing)?;
+        let text = verified(&bytes).ok_or(JobState::Stale)?;
+        let doc = toml::from_str::<JobFile<toml::Value>>(text).map_err(|_| JobState::Stale)?;
         let same = doc.figure == F::NAME
             && doc.id == id
             && doc.quick == self.quick
@@ -307,6 +340,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
                 job.label
             ));
             let t0 = Instant::now();
+            noisegeom_data::mem::reset_peak();
             let part = F::run_job::<B>(self.cfg, i, device, &self.out.dir)?;
             let doc = JobFile {
                 figure: F::NAME.to_string(),
@@ -319,6 +353,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
                 backend: self.backend.clone(),
                 shard: format!("{}/{}", shard.index, shard.count),
                 seconds: t0.elapsed().as_secs_f64(),
+                peak_bytes: noisegeom_data::mem::peak_bytes().unwrap_or(0),
                 result: part,
             };
             let path = self.job_path(&job.id);
@@ -328,7 +363,7 @@ impl<'a, F: Figure> Sweep<'a, F> {
                     path.display()
                 ))
             })?;
-            noisegeom_train::fsio::write_atomic(&path, text.as_bytes())
+            noisegeom_train::fsio::write_atomic(&path, &with_checksum(&text))
                 .map_err(|e| FigureError::Io(format!("cannot write {}: {e}", path.display())))?;
             report.ran.push(job.id.clone());
         }
@@ -501,6 +536,62 @@ mod tests {
             points: vec![1.0, 2.0, 4.0],
         };
         assert_eq!(run::<2>(&other, &out, "noisegeom 0.1.0 dddd").0, 3);
+    }
+
+    /// Seeded corruptions of a finished job's file (truncations, flipped bits, a huge
+    /// number): each reads as stale and the job runs again, or, if it still reads as done,
+    /// its result is the true one. Nothing panics.
+    #[test]
+    fn damaged_job_files_are_run_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = Output {
+            dir: tmp.path().to_path_buf(),
+            name: "squares".into(),
+        };
+        let cfg = Cfg {
+            points: vec![1.0, 2.0, 3.0],
+        };
+        run::<1>(&cfg, &out, "code");
+        let sweep = Sweep::<Squares<1>>::new(&cfg, false, &out, "code".into(), "cpu".into());
+        let path = sweep.job_path("p1");
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(sweep.status().unwrap()[1].1, JobState::Done);
+        let mut rng = noisegeom_data::seeded_rng(0, "fuzz-job-files");
+        let mut next = |bound: usize| rand::RngExt::random_range(&mut rng, 0..bound);
+        let mut stale = 0;
+        for case in 0..300 {
+            let mut bytes = good.clone();
+            match case % 3 {
+                0 => bytes.truncate(next(good.len())),
+                1 => {
+                    for _ in 0..1 + next(3) {
+                        let at = next(bytes.len());
+                        bytes[at] ^= 1 << next(8);
+                    }
+                }
+                _ => {
+                    let text = String::from_utf8(bytes).unwrap();
+                    let huge = ["1e999999", "18446744073709551616", "-0", "nan"][next(4)];
+                    let key = ["seconds = ", "result = ", "peak_bytes = "][next(3)];
+                    let start = text.find(key).unwrap() + key.len();
+                    let end = start + text[start..].find('\n').unwrap();
+                    bytes = format!("{}{huge}{}", &text[..start], &text[end..]).into_bytes();
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            match sweep.status().unwrap()[1].1 {
+                JobState::Done => {
+                    let doc = sweep.read_job("p1").ok().unwrap();
+                    assert_eq!(doc.result, toml::Value::Float(4.0), "case {case}");
+                }
+                JobState::Stale | JobState::Missing => stale += 1,
+            }
+        }
+        assert!(stale > 250, "only {stale} of 300 damaged files were caught");
+        // A damaged job runs again, and its file is whole.
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        assert_eq!(run::<1>(&cfg, &out, "code").0, 1);
+        assert_eq!(sweep.status().unwrap()[1].1, JobState::Done);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum GeometryError {
     Input(String),
     #[error("{0}")]
     Budget(String),
+    /// A job's estimated peak memory exceeds the limit ([`Resources::check`]).
+    #[error("{0}")]
+    Memory(String),
     #[error(transparent)]
     Interrupted(#[from] noisegeom_data::stop::Interrupted),
 }

@@ -1,6 +1,7 @@
-//! What a measurement will hold in memory and how much work it will do, from the sizes alone,
-//! before any of it runs: so that a job too large for the machine is refused at once instead
-//! of being killed an hour later.
+//! What a measurement, a training run with probes, or a figure job will hold in memory and
+//! how much work it will do, from the sizes alone, before any of it runs: so that a job too
+//! large for the machine is refused at once ([`Resources::check`]) instead of being killed an
+//! hour later.
 //!
 //! The peak is the process's resident memory when the estimate is made (`base_bytes`: the
 //! binary, the data, the probe set, the networks, and the memory of the forward pass over
@@ -16,16 +17,18 @@
 //!   one already held);
 //! - Lanczos (the top of G and H): the basis of f64 p-vectors (full reorthogonalisation),
 //!   the Ritz vectors, and an Hv pass's activations (primal and tangent, with gradients:
-//!   four, less the one already held).
+//!   four, less the one already held);
+//! - a training step (between probes): a batch's activations and their gradients, and the
+//!   gradient; an evaluation chunk's activations.
 //!
 //! `tests/cli/geometry.rs` checks the estimate against the measured peak on three
-//! measurements, each dominated by another phase.
+//! measurements and two training runs, each dominated by another phase.
 
 use serde::Serialize;
 
 use crate::gram::feature_bytes_per_sample;
 use crate::measure::EXACT_SPECTRUM_MAX_DIM;
-use crate::{MeasureOptions, Method, ProbeOps};
+use crate::{GeometryError, MeasureOptions, Method, ProbeOps, TrackOptions};
 use noisegeom_kernels::Kernels;
 
 /// One phase's share of memory.
@@ -50,6 +53,33 @@ pub struct Resources {
     pub gflop: f64,
 }
 
+/// What a job does, for its estimate: which phases run, and their sizes.
+struct Plan {
+    /// The exact Gram (features within `gram_max_bytes`, or recomputed group by group).
+    gram: bool,
+    /// The budget for the features the Gram keeps.
+    gram_max_bytes: usize,
+    /// K kept after the Gram (for the exact spectrum, or Lanczos on K/n).
+    keep_k: bool,
+    /// K's full eigendecomposition.
+    exact_spectrum: bool,
+    /// Hutchinson draws (stochastic μ), if any.
+    hutchinson: Option<usize>,
+    /// Lanczos over p-vectors: steps, Ritz vectors kept, operators (G, or G and H).
+    lanczos: Option<(usize, usize, usize)>,
+    /// A training step on `batch` samples (activations with gradients, the gradient).
+    training: Option<TrainingStep>,
+}
+
+/// The sizes of a training step.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainingStep {
+    /// Samples per step.
+    pub batch: usize,
+    /// Samples per evaluation forward pass.
+    pub eval_chunk: usize,
+}
+
 impl Resources {
     /// The estimate for `measure(ops, opt)`, `base_bytes` being the process's resident memory
     /// now.
@@ -58,6 +88,73 @@ impl Resources {
         opt: &MeasureOptions,
         base_bytes: u64,
     ) -> Self {
+        let exact_mu = (opt.mu || opt.directional) && opt.method != Method::Stochastic;
+        let fits = ops.n * feature_bytes_per_sample(ops) <= opt.gram_max_bytes;
+        let gram = exact_mu && (fits || opt.method == Method::Exact);
+        let exact_spectrum = gram && opt.spectrum && ops.n * ops.c <= EXACT_SPECTRUM_MAX_DIM;
+        let plan = Plan {
+            gram,
+            gram_max_bytes: opt.gram_max_bytes,
+            keep_k: exact_spectrum,
+            exact_spectrum,
+            hutchinson: (!gram && (opt.mu || opt.directional)).then_some(opt.hutchinson_samples),
+            lanczos: opt.spectrum.then(|| {
+                let iters = opt.lanczos_iters.unwrap_or(2 * opt.k + 20).min(ops.p);
+                (iters, opt.k, if opt.hessian { 2 } else { 1 })
+            }),
+            training: None,
+        };
+        Self::of_plan(ops, &plan, base_bytes)
+    }
+
+    /// The estimate for the exact Gram alone (features within `gram_max_bytes`), and with
+    /// `spectrum` its full eigendecomposition: what the synthetic figures compute.
+    pub fn of_gram<B: Kernels>(
+        ops: &ProbeOps<B>,
+        gram_max_bytes: usize,
+        spectrum: bool,
+        base_bytes: u64,
+    ) -> Self {
+        let plan = Plan {
+            gram: true,
+            gram_max_bytes,
+            keep_k: spectrum,
+            exact_spectrum: spectrum,
+            hutchinson: None,
+            lanczos: None,
+            training: None,
+        };
+        Self::of_plan(ops, &plan, base_bytes)
+    }
+
+    /// The estimate for `track(ops, opt)` (a training run's probe), and with `training`, for
+    /// the training run around it: its step and its probes do not run at once, so the peak
+    /// is the larger of the two.
+    pub fn of_track<B: Kernels>(
+        ops: &ProbeOps<B>,
+        opt: &TrackOptions,
+        training: Option<TrainingStep>,
+        base_bytes: u64,
+    ) -> Self {
+        let gram = ops.n * feature_bytes_per_sample(ops) <= opt.gram_max_bytes;
+        let iters = opt.iters.min(ops.p);
+        let plan = Plan {
+            gram,
+            gram_max_bytes: opt.gram_max_bytes,
+            keep_k: gram,
+            exact_spectrum: false,
+            hutchinson: (!gram).then_some(opt.hutchinson_samples),
+            lanczos: match (gram, opt.hessian) {
+                (true, false) => None,
+                (true, true) => Some((iters, 1, 1)),
+                (false, h) => Some((iters, opt.k, 1 + h as usize)),
+            },
+            training,
+        };
+        Self::of_plan(ops, &plan, base_bytes)
+    }
+
+    fn of_plan<B: Kernels>(ops: &ProbeOps<B>, plan: &Plan, base_bytes: u64) -> Self {
         let (n, c, p) = (ops.n as u64, ops.c as u64, ops.p as u64);
         let chunk = ops.chunk.min(ops.n) as u64;
         let elem = std::mem::size_of::<B::FloatElem>() as u64;
@@ -71,60 +168,72 @@ impl Resources {
         let mut gflop = 0.0;
         // A pass over the probe set: forward plus backward, about 3 forwards.
         let pass = 3.0 * fwd_flops * n as f64 / 1e9;
+        let k_bytes = n * c * n * c * 8;
 
-        let exact_mu = (opt.mu || opt.directional) && opt.method != Method::Stochastic;
-        let features = n * feature_bytes_per_sample(ops) as u64;
-        let budget = opt.gram_max_bytes as u64;
-        let keep_k = opt.spectrum && n * c <= EXACT_SPECTRUM_MAX_DIM as u64;
-        let gram = exact_mu && (features <= budget || opt.method == Method::Exact);
-        if gram {
+        if plan.gram {
+            let features = n * feature_bytes_per_sample(ops) as u64;
             let mut parts = vec![
-                part("per-sample features", features.min(budget)),
+                part(
+                    "per-sample features",
+                    features.min(plan.gram_max_bytes as u64),
+                ),
                 part(
                     "a chunk's activations over c copies, with gradients",
                     (2 * c - 1) * chunk * acts * elem,
                 ),
             ];
-            if keep_k {
-                parts.push(part("K (nc × nc, f64)", n * c * n * c * 8));
+            if plan.keep_k {
+                parts.push(part("K (nc × nc, f64)", k_bytes));
             }
             phases.push(("Gram", parts));
-            if keep_k {
+            if plan.exact_spectrum {
                 phases.push((
                     "exact spectrum",
                     vec![
-                        part("K (nc × nc, f64)", n * c * n * c * 8),
-                        part(
-                            "its eigendecomposition (4 more nc × nc)",
-                            4 * n * c * n * c * 8,
-                        ),
+                        part("K (nc × nc, f64)", k_bytes),
+                        part("its eigendecomposition (4 more nc × nc)", 4 * k_bytes),
                     ],
                 ));
             }
             // c backward passes' worth of signals, and the products of the features.
             gflop += c as f64 * pass + 2.0 * (n * c) as f64 * features as f64 / elem as f64 / 1e9;
-        } else if opt.mu || opt.directional {
+        }
+        if let Some(draws) = plan.hutchinson {
             phases.push((
                 "Hutchinson",
                 vec![part("a chunk's tangent activations", chunk * acts * elem)],
             ));
-            gflop += 2.0 * opt.hutchinson_samples as f64 * pass;
+            gflop += 2.0 * draws as f64 * pass;
         }
-        if opt.spectrum {
-            let iters = opt.lanczos_iters.unwrap_or(2 * opt.k + 20).min(ops.p) as u64;
+        if let Some((iters, k, operators)) = plan.lanczos {
+            let iters = iters as u64;
+            let parts = vec![
+                part("Lanczos basis (f64 p-vectors)", (iters + 1) * p * 8),
+                part("Ritz vectors", k as u64 * p * 8),
+                part(
+                    "an Hv pass's activations, primal and tangent, with gradients",
+                    3 * chunk * acts * elem,
+                ),
+            ];
+            phases.push(("Lanczos", parts));
+            gflop += operators as f64 * iters as f64 * 2.0 * pass;
+        }
+        if let Some(t) = plan.training {
+            let (batch, eval) = (t.batch as u64, t.eval_chunk as u64);
             phases.push((
-                "Lanczos",
+                "training step",
                 vec![
-                    part("Lanczos basis (f64 p-vectors)", (iters + 1) * p * 8),
-                    part("Ritz vectors", opt.k as u64 * p * 8),
                     part(
-                        "an Hv pass's activations, primal and tangent, with gradients",
-                        3 * chunk * acts * elem,
+                        "a batch's activations and their gradients",
+                        2 * batch * acts * elem,
                     ),
+                    part("the gradient", p * elem),
                 ],
             ));
-            let operators = if opt.hessian { 2.0 } else { 1.0 };
-            gflop += operators * iters as f64 * 2.0 * pass;
+            phases.push((
+                "evaluation",
+                vec![part("a chunk's activations", eval * acts * elem)],
+            ));
         }
         let (peak_phase, peak_parts) = phases
             .into_iter()
@@ -138,6 +247,20 @@ impl Resources {
             peak_parts,
             peak_bytes,
             gflop,
+        }
+    }
+
+    /// Refuses the job when its peak exceeds the process's memory limit
+    /// ([`noisegeom_data::mem::limit`], `--max-memory`): the error names the estimate, the
+    /// limit, and `fix`, what would make the job fit.
+    pub fn check(&self, fix: &str) -> Result<(), GeometryError> {
+        match noisegeom_data::mem::limit() {
+            Some(limit) if self.peak_bytes > limit => Err(GeometryError::Memory(format!(
+                "{}, over the limit of {} (--max-memory); to fit, {fix}, or raise --max-memory",
+                self.summary(),
+                mib(limit)
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -65,6 +65,7 @@ impl<B: Kernels> Net<B> {
                     v
                 }
                 (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
+                (Stage::SwapSkip, v) => std::mem::replace(saved.last_mut().expect("validated"), v),
                 (Stage::Dense { .. }, Dual::Flat(a, da)) => bilinear!(Dense, Flat, a, da),
                 (Stage::Conv { .. }, Dual::Image(a, da)) => bilinear!(Conv, Image, a, da),
                 (Stage::Hadamard, Dual::Flat(a, da)) => bilinear!(Hadamard, Flat, a, da),
@@ -90,10 +91,13 @@ impl<B: Kernels> Net<B> {
                     let dz = map_tangents(da, |d| d.matmul(w.clone()));
                     Dual::Flat(a.matmul(w), dz)
                 }
-                (Stage::AvgPool { kernel }, Dual::Image(a, da)) => Dual::Image(
-                    avg_pool(a, *kernel),
-                    map_tangents(da, |d| avg_pool(d, *kernel)),
-                ),
+                (Stage::AvgPool { kernel, stride }, Dual::Image(a, da)) => {
+                    let s = stride.unwrap_or(*kernel);
+                    Dual::Image(
+                        avg_pool(a, *kernel, s),
+                        map_tangents(da, |d| avg_pool(d, *kernel, s)),
+                    )
+                }
                 (
                     Stage::BatchNorm {
                         eps,

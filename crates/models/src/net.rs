@@ -40,10 +40,18 @@ pub enum Stage {
     SaveSkip,
     /// Adds the value remembered by the matching [`Stage::SaveSkip`] (same shape).
     AddSkip,
-    /// Mean over non-overlapping `kernel`×`kernel` windows (`torch.nn.AvgPool2d(kernel)`:
-    /// stride = kernel, no padding); rows and columns past the last whole window are
-    /// dropped, as PyTorch does.
-    AvgPool { kernel: usize },
+    /// Swaps the running value with the one the matching [`Stage::SaveSkip`] remembered: after
+    /// a residual block's stages, the block's output is remembered and its input runs through
+    /// the shortcut's stages (a projection) up to [`Stage::AddSkip`].
+    SwapSkip,
+    /// Mean over `kernel`×`kernel` windows `stride` apart (`torch.nn.AvgPool2d(kernel,
+    /// stride)`, no padding; `None`: stride = kernel); rows and columns past the last whole
+    /// window are dropped, as PyTorch does.
+    AvgPool {
+        kernel: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
     /// BatchNorm in eval mode over the channels (features of a vector, channels of an
     /// image): x̂ = (x − mean)/√(var + eps) with the running statistics, then γ ⊙ x̂ + β.
     /// With `frozen`, γ and β are fixed values of the architecture; without, they are
@@ -98,25 +106,8 @@ impl Arch {
         let mut shape = self.input()?;
         let mut saved = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
-            let err = |problem: String| ModelError::Arch { stage: i, problem };
-            match stage {
-                Stage::SaveSkip => saved.push(shape),
-                Stage::AddSkip => match saved.pop() {
-                    Some(s) if s == shape => {}
-                    Some(s) => {
-                        return Err(err(format!(
-                            "add_skip adds a value of shape {s:?} to one of shape {shape:?}; a residual block must keep its shape"
-                        )));
-                    }
-                    None => return Err(err("add_skip has no save_skip before it".into())),
-                },
-                _ => {}
-            }
-            shape = next_shape(shape, stage).ok_or_else(|| {
-                err(format!(
-                    "{stage:?} cannot follow a value of shape {shape:?}"
-                ))
-            })?;
+            shape = step_shape(shape, stage, &mut saved)
+                .map_err(|problem| ModelError::Arch { stage: i, problem })?;
         }
         if !saved.is_empty() {
             return Err(ModelError::Arch {
@@ -131,6 +122,20 @@ impl Arch {
                 problem: "the network ends on an image; add flatten or global_avg_pool".into(),
             }),
         }
+    }
+
+    /// The shape each stage reads, in order (of a validated architecture).
+    pub(crate) fn stage_inputs(&self) -> Vec<Shape> {
+        let mut shape = self.input().expect("validated");
+        let mut saved = Vec::new();
+        self.stages
+            .iter()
+            .map(|stage| {
+                let before = shape;
+                shape = step_shape(shape, stage, &mut saved).expect("validated");
+                before
+            })
+            .collect()
     }
 
     /// Number of outputs c.
@@ -171,9 +176,10 @@ impl Arch {
     /// multiply-add of the parametric layers).
     pub fn per_sample_cost(&self) -> (usize, f64) {
         let mut shape = self.input().expect("validated");
+        let mut saved = Vec::new();
         let (mut floats, mut flops) = (0usize, 0.0f64);
         for stage in &self.stages {
-            let next = next_shape(shape, stage).expect("validated");
+            let next = step_shape(shape, stage, &mut saved).expect("validated");
             let size = |s: Shape| match s {
                 Shape::Flat(d) => d,
                 Shape::Image(c, h, w) => c * h * w,
@@ -196,6 +202,36 @@ impl Arch {
     }
 }
 
+/// The shape after `stage`, `saved` holding the values remembered for residual shortcuts.
+pub(crate) fn step_shape(
+    shape: Shape,
+    stage: &Stage,
+    saved: &mut Vec<Shape>,
+) -> Result<Shape, String> {
+    match stage {
+        Stage::SaveSkip => saved.push(shape),
+        Stage::SwapSkip => {
+            return match saved.last_mut() {
+                Some(s) => Ok(std::mem::replace(s, shape)),
+                None => Err("swap_skip has no save_skip before it".into()),
+            };
+        }
+        Stage::AddSkip => match saved.pop() {
+            Some(s) if s == shape => {}
+            Some(s) => {
+                return Err(format!(
+                    "add_skip adds a value of shape {s:?} to one of shape {shape:?}; a residual block and its shortcut must end on the same shape"
+                ));
+            }
+            None => return Err("add_skip has no save_skip before it".into()),
+        },
+        _ => {}
+    }
+    next_shape(shape, stage)
+        .ok_or_else(|| format!("{stage:?} cannot follow a value of shape {shape:?}"))
+}
+
+/// The shape after a stage that does not touch the shortcut stack.
 pub(crate) fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
     use Shape::*;
     Some(match (stage, shape) {
@@ -219,10 +255,11 @@ pub(crate) fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
         ),
         (Stage::Flatten, Image(c, h, w)) => Flat(c * h * w),
         (Stage::GlobalAvgPool, Image(c, _, _)) => Flat(c),
-        (Stage::AvgPool { kernel }, Image(c, h, w))
-            if *kernel >= 1 && h >= *kernel && w >= *kernel =>
+        (Stage::AvgPool { kernel, stride }, Image(c, h, w))
+            if *kernel >= 1 && stride.is_none_or(|s| s >= 1) && h >= *kernel && w >= *kernel =>
         {
-            Image(c, h / kernel, w / kernel)
+            let s = stride.unwrap_or(*kernel);
+            Image(c, (h - kernel) / s + 1, (w - kernel) / s + 1)
         }
         (
             Stage::BatchNorm {
@@ -237,7 +274,7 @@ pub(crate) fn next_shape(shape: Shape, stage: &Stage) -> Option<Shape> {
         {
             s
         }
-        (Stage::Act { .. } | Stage::SaveSkip | Stage::AddSkip, s) => s,
+        (Stage::Act { .. } | Stage::SaveSkip | Stage::AddSkip | Stage::SwapSkip, s) => s,
         _ => return None,
     })
 }
@@ -267,9 +304,32 @@ pub(crate) fn global_avg_pool<B: Backend>(a: Tensor<B, 4>) -> Tensor<B, 2> {
     a.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
 }
 
-/// Mean over non-overlapping `k`×`k` windows, the remainder rows and columns dropped
-/// (reshape + mean, so it nests).
-pub(crate) fn avg_pool<B: Backend>(a: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+/// Mean over `k`×`k` windows `s` apart, the remainder rows and columns dropped. Non-
+/// overlapping windows (s = k) are a reshape and a mean; others two products with fixed
+/// 0/(1/k) window matrices, one per axis. Both are linear maps of plain ops, so they nest.
+pub(crate) fn avg_pool<B: Backend>(a: Tensor<B, 4>, k: usize, s: usize) -> Tensor<B, 4> {
+    if s != k {
+        let [n, c, h, w] = a.dims();
+        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+        let device = a.device();
+        // Pools the last axis of `[rows, len]` into `out` windows.
+        let windows = |len: usize, out: usize| {
+            let mut m = vec![0.0f64; len * out];
+            for o in 0..out {
+                for i in o * s..o * s + k {
+                    m[i * out + o] = 1.0 / k as f64;
+                }
+            }
+            Tensor::<B, 2>::from_data(TensorData::new(m, [len, out]), &device)
+        };
+        let a = a.reshape([n * c * h, w]).matmul(windows(w, wo));
+        let a = a
+            .reshape([n, c, h, wo])
+            .swap_dims(2, 3)
+            .reshape([n * c * wo, h]);
+        let a = a.matmul(windows(h, ho)).reshape([n, c, wo, ho]);
+        return a.swap_dims(2, 3);
+    }
     let [n, c, h, w] = a.dims();
     let (ho, wo) = (h / k, w / k);
     let a = if ho * k == h && wo * k == w {
@@ -368,8 +428,7 @@ impl<B: Kernels> Net<B> {
     pub fn build<S: ParamSource<B>>(arch: Arch, source: &mut S) -> Result<Self, ModelError> {
         arch.validate()?;
         let mut layers = Vec::new();
-        let mut shape = arch.input()?;
-        for stage in &arch.stages {
+        for (stage, shape) in arch.stages.iter().zip(arch.stage_inputs()) {
             match (stage, shape) {
                 (Stage::Dense { out, bias }, Shape::Flat(d)) => {
                     let weight = source.param([*out, d], ParamInit::new(d, Role::Weight));
@@ -412,7 +471,6 @@ impl<B: Kernels> Net<B> {
                 }
                 _ => {}
             }
-            shape = next_shape(shape, stage).expect("validated");
         }
         source.finish()?;
         Ok(Net { layers, arch })
@@ -448,6 +506,7 @@ impl<B: Kernels> Net<B> {
                     v
                 }
                 (Stage::AddSkip, v) => v.add(saved.pop().expect("validated")),
+                (Stage::SwapSkip, v) => std::mem::replace(saved.last_mut().expect("validated"), v),
                 (Stage::Dense { .. }, Value::Flat(a)) => match layers.next() {
                     Some(Layer::Dense(l)) => Value::Flat(l.forward(a, tap, pass)),
                     _ => unreachable!("layers follow stages"),
@@ -469,7 +528,9 @@ impl<B: Kernels> Net<B> {
                     let w = fixed_weight(*out, weights, &a.device());
                     Value::Flat(a.matmul(w))
                 }
-                (Stage::AvgPool { kernel }, Value::Image(a)) => Value::Image(avg_pool(a, *kernel)),
+                (Stage::AvgPool { kernel, stride }, Value::Image(a)) => {
+                    Value::Image(avg_pool(a, *kernel, stride.unwrap_or(*kernel)))
+                }
                 (
                     Stage::BatchNorm {
                         eps,

@@ -39,7 +39,7 @@ pub enum LayerSpec {
     Identity {},
     /// `nn.Flatten()`.
     Flatten {},
-    /// `nn.AvgPool2d(kernel)`; `stride`, if given, must equal `kernel`.
+    /// `nn.AvgPool2d(kernel, stride)` (no padding); `stride` defaults to `kernel`.
     Avgpool2d {
         kernel: usize,
         #[serde(default)]
@@ -65,8 +65,15 @@ pub enum LayerSpec {
         #[serde(default = "yes")]
         trainable: bool,
     },
-    /// x ↦ x + block(x), with an identity shortcut: the block must keep the shape.
-    Residual { layers: Vec<LayerSpec> },
+    /// x ↦ block(x) + shortcut(x): `layers` is the block; `shortcut` is empty (the identity,
+    /// so the block must keep the shape) or a projection such as a 1×1 `conv2d` with the
+    /// block's stride, optionally followed by a `batchnorm2d` (torchvision's `downsample`),
+    /// ending on the block's shape.
+    Residual {
+        layers: Vec<LayerSpec>,
+        #[serde(default)]
+        shortcut: Vec<LayerSpec>,
+    },
 }
 
 fn yes() -> bool {
@@ -196,11 +203,10 @@ pub(crate) fn expand(
             LayerSpec::Avgpool2d { kernel, stride } => {
                 positive("kernel", *kernel)?;
                 image()?;
-                if stride.is_some_and(|s| s != *kernel) {
-                    return Err(err(format!(
-                        "stride {} ≠ kernel {kernel}: only non-overlapping windows are supported; leave stride out or set it to the kernel",
-                        stride.unwrap_or_default()
-                    )));
+                if *stride == Some(0) {
+                    return Err(err(
+                        "needs stride ≥ 1 (or leave it out: stride = kernel)".into()
+                    ));
                 }
                 if let Shape::Image(_, h, w) = shape
                     && (h < *kernel || w < *kernel)
@@ -209,7 +215,11 @@ pub(crate) fn expand(
                         "kernel {kernel} is larger than the input {h} × {w}"
                     )));
                 }
-                Stage::AvgPool { kernel: *kernel }
+                Stage::AvgPool {
+                    kernel: *kernel,
+                    // Stored only where it differs from the kernel, as torch's default.
+                    stride: stride.filter(|s| s != kernel),
+                }
             }
             LayerSpec::AdaptiveAvgpool2d { output_size } => {
                 image()?;
@@ -241,20 +251,34 @@ pub(crate) fn expand(
                     }),
                 }
             }
-            LayerSpec::Residual { layers } => {
+            LayerSpec::Residual { layers, shortcut } => {
                 if layers.is_empty() {
                     return Err(err("needs at least one layer in `layers`".into()));
                 }
                 stages.push(Stage::SaveSkip);
                 let end = expand(layers, shape, &format!("{path}{i}."), stages)?;
-                if end != shape {
-                    return Err(err(format!(
-                        "the block turns {} into {}; an identity shortcut needs the shape kept",
-                        describe(shape),
-                        describe(end)
-                    )));
+                if shortcut.is_empty() {
+                    if end != shape {
+                        return Err(err(format!(
+                            "the block turns {} into {}; an identity shortcut needs the shape kept, or give a `shortcut` projection, e.g. [{{ op = \"conv2d\", out = {}, kernel = 1, stride = … }}]",
+                            describe(shape),
+                            describe(end),
+                            end.channels()
+                        )));
+                    }
+                } else {
+                    stages.push(Stage::SwapSkip);
+                    let side = expand(shortcut, shape, &format!("{path}{i}.shortcut."), stages)?;
+                    if side != end {
+                        return Err(err(format!(
+                            "the block ends on {} but its shortcut on {}; they must match to be added",
+                            describe(end),
+                            describe(side)
+                        )));
+                    }
                 }
                 stages.push(Stage::AddSkip);
+                shape = end;
                 continue;
             }
         };

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::net::{Shape, next_shape};
+use crate::net::Shape;
 use crate::{Arch, ModelError, Stage};
 
 /// One named tensor of a network's state.
@@ -32,31 +32,36 @@ const CONV: &str = "torch.nn.Conv2d weight [out, in, kh, kw]";
 const VECTOR: &str = "a vector [features or channels]";
 
 impl Arch {
-    /// The module name of each stage (`None` for the brackets of a residual block).
+    /// The module name of each stage (`None` for the brackets of a residual block): `i` at
+    /// the top, `i.j` inside residual block i, `i.shortcut.j` in its shortcut.
     pub fn module_names(&self) -> Vec<Option<String>> {
-        let mut path = vec![0usize];
-        let name = |path: &[usize]| {
-            path.iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(".")
-        };
+        // Per nesting level: the name's prefix, and the index of the next module.
+        let mut path = vec![(String::new(), 0usize)];
         self.stages
             .iter()
-            .map(|stage| match stage {
-                Stage::SaveSkip => {
-                    path.push(0);
-                    None
-                }
-                Stage::AddSkip => {
-                    path.pop();
-                    *path.last_mut().expect("validated") += 1;
-                    None
-                }
-                _ => {
-                    let n = name(&path);
-                    *path.last_mut().expect("validated") += 1;
-                    Some(n)
+            .map(|stage| {
+                let (prefix, next) = path.last_mut().expect("validated");
+                match stage {
+                    Stage::SaveSkip => {
+                        let block = format!("{prefix}{next}.");
+                        path.push((block, 0));
+                        None
+                    }
+                    Stage::SwapSkip => {
+                        *prefix = format!("{prefix}shortcut.");
+                        *next = 0;
+                        None
+                    }
+                    Stage::AddSkip => {
+                        path.pop();
+                        path.last_mut().expect("validated").1 += 1;
+                        None
+                    }
+                    _ => {
+                        let name = format!("{prefix}{next}");
+                        *next += 1;
+                        Some(name)
+                    }
                 }
             })
             .collect()
@@ -65,8 +70,8 @@ impl Arch {
     /// Every named tensor of the state, parameters of θ in flat-vector order.
     pub fn state_layout(&self) -> Vec<StateEntry> {
         let mut out = Vec::new();
-        let mut shape = self.input().expect("validated");
-        for (stage, name) in self.stages.iter().zip(self.module_names()) {
+        let stages = self.stages.iter().zip(self.stage_inputs());
+        for ((stage, shape), name) in stages.zip(self.module_names()) {
             let mut push = |suffix: &str, shape: Vec<usize>, trained: bool, layout| {
                 out.push(StateEntry {
                     name: format!("{}.{suffix}", name.as_deref().unwrap_or_default()),
@@ -109,7 +114,6 @@ impl Arch {
                 }
                 _ => {}
             }
-            shape = next_shape(shape, stage).expect("validated");
         }
         out
     }

@@ -27,8 +27,8 @@ pub use probe::{Probe, ProbeRecord};
 pub use schedule::LrSchedule;
 pub use sgd::{Grads, Sgd, SgdConfig};
 pub use trainer::{
-    Eval, Observer, Outcome, RunOptions, SetStats, Silent, Summary, evaluate, newest_checkpoint,
-    train,
+    Eval, InitialWeights, Observer, Outcome, RunOptions, RunResources, SetStats, Silent, Summary,
+    evaluate, newest_checkpoint, train,
 };
 
 use std::path::PathBuf;

@@ -6,7 +6,8 @@ use noisegeom_kernels::Kernels;
 use std::time::Instant;
 
 use noisegeom_data::Dataset;
-use noisegeom_metrics::{ProbeOps, TrackOptions, Tracked, track};
+use noisegeom_metrics::resources::TrainingStep;
+use noisegeom_metrics::{ProbeOps, Resources, TrackOptions, Tracked, track};
 use noisegeom_models::{Arch, Net, flatten};
 use serde::Serialize;
 
@@ -89,6 +90,48 @@ impl Probe {
         self.settings.due(done, total, &self.phase_ends)
     }
 
+    fn ops<B: Kernels>(&self, net: &Net<B>, device: &B::Device) -> Result<ProbeOps<B>, TrainError> {
+        let theta = flatten(net);
+        Ok(ProbeOps::<B>::from_dataset(
+            self.arch.clone(),
+            &theta,
+            &self.set,
+            self.settings.chunk,
+            device,
+        )?)
+    }
+
+    fn options(&self) -> TrackOptions {
+        let s = &self.settings;
+        TrackOptions {
+            k: s.k,
+            iters: s.lanczos_iters,
+            hessian: s.hessian,
+            gram_max_bytes: (s.max_gram_gb * 1e9) as usize,
+            hutchinson_samples: 64,
+            seed: s.seed,
+        }
+    }
+
+    /// The peak memory and work of a training run with these probes, estimated at the
+    /// parameters of `net` (one forward pass over the probe set), on top of the process's
+    /// resident memory after that pass.
+    pub fn estimate<B: Kernels>(
+        &self,
+        net: &Net<B>,
+        training: TrainingStep,
+        device: &B::Device,
+    ) -> Result<Resources, TrainError> {
+        let ops = self.ops(net, device)?;
+        let base = noisegeom_data::mem::resident_bytes().unwrap_or(0);
+        Ok(Resources::of_track(
+            &ops,
+            &self.options(),
+            Some(training),
+            base,
+        ))
+    }
+
     /// Measures at the parameters of `net` (the non-autodiff view of the trained model).
     pub fn run<B: Kernels>(
         &mut self,
@@ -98,21 +141,8 @@ impl Probe {
         device: &B::Device,
     ) -> Result<ProbeRecord, TrainError> {
         let t0 = Instant::now();
-        let s = &self.settings;
-        let theta = flatten(net);
-        let ops =
-            ProbeOps::<B>::from_dataset(self.arch.clone(), &theta, &self.set, s.chunk, device)?;
-        let geometry = track(
-            &ops,
-            &TrackOptions {
-                k: s.k,
-                iters: s.lanczos_iters,
-                hessian: s.hessian,
-                gram_max_bytes: (s.max_gram_gb * 1e9) as usize,
-                hutchinson_samples: 64,
-                seed: s.seed,
-            },
-        )?;
+        let ops = self.ops(net, device)?;
+        let geometry = track(&ops, &self.options())?;
         let accuracy = self
             .onehot
             .as_ref()

@@ -51,7 +51,7 @@ impl Timing {
 
 /// The peak resident set size since the last reset, in MB (Linux).
 fn peak_rss_mb() -> Option<f64> {
-    crate::mem::peak_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
+    noisegeom_data::mem::peak_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
 pub struct BenchJob {
@@ -141,7 +141,7 @@ impl Job for BenchJob {
                     HEAVY_WORKLOADS.join(", ")
                 );
             }
-            crate::mem::reset_peak();
+            noisegeom_data::mem::reset_peak();
             let mut t = self.workload::<B>(w, &device, backend)?;
             t.peak_rss_mb = peak_rss_mb();
             out.push(t);

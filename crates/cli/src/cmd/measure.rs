@@ -70,10 +70,6 @@ pub struct MeasureJob {
     /// Results file (default: RUN_DIR/measure-step-N.json, or measure-<model>-init.json).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Refuse to start when the estimated peak memory exceeds this many GB (default: 80% of
-    /// the machine's physical memory).
-    #[arg(long, value_name = "GB")]
-    pub max_memory: Option<f64>,
 }
 
 /// `--method`.
@@ -82,33 +78,6 @@ pub enum MethodArg {
     Auto,
     Exact,
     Stochastic,
-}
-
-impl MeasureJob {
-    /// Refuses a measurement whose estimated peak exceeds `--max-memory`, saying what would
-    /// make it fit.
-    fn check_memory(&self, r: &Resources) -> anyhow::Result<()> {
-        let limit = match self.max_memory {
-            Some(gb) => {
-                anyhow::ensure!(
-                    gb > 0.0,
-                    "--max-memory {gb}: give the memory limit in GB, above 0"
-                );
-                (gb * 1e9) as u64
-            }
-            None => match crate::mem::physical_bytes() {
-                Some(b) => b / 10 * 8,
-                None => return Ok(()),
-            },
-        };
-        anyhow::ensure!(
-            r.peak_bytes <= limit,
-            "{}, over the limit of {} (--max-memory); to fit, use --method stochastic, a smaller --probe-size or --chunk, a lower --max-gram-gb, fewer --k or --lanczos-iters, or raise --max-memory",
-            r.summary(),
-            noisegeom_metrics::resources::mib(limit)
-        );
-        Ok(())
-    }
 }
 
 impl Job for MeasureJob {
@@ -141,10 +110,15 @@ impl Job for MeasureJob {
             probe.len(),
             src.arch.num_params()
         );
-        let resources =
-            Resources::of_measure(&ops, &opt, crate::mem::resident_bytes().unwrap_or(0));
+        let resources = Resources::of_measure(
+            &ops,
+            &opt,
+            noisegeom_data::mem::resident_bytes().unwrap_or(0),
+        );
         tracing::info!("{}", resources.summary());
-        self.check_memory(&resources)?;
+        resources.check(
+            "use --method stochastic, a smaller --probe-size or --chunk, a lower --max-gram-gb, fewer --k or --lanczos-iters",
+        )?;
         let m = measure(&ops, &opt)?;
         let out = self.out.clone().unwrap_or_else(|| match &src.run_dir {
             Some(d) => d.join(format!("measure-{}.json", src.at.replace(' ', "-"))),
@@ -161,7 +135,7 @@ impl Job for MeasureJob {
             "loss_convention": "L = 1/(2n) sum_i ||f(x_i) - y_i||^2, summed over outputs; targets one-hot for classes",
             "options": opt,
             "clamped": clamped,
-            "resources": {"estimate": resources, "measured_peak_bytes": crate::mem::peak_bytes()},
+            "resources": {"estimate": resources, "measured_peak_bytes": noisegeom_data::mem::peak_bytes()},
             "measurement": m,
         });
         if self.what.contains(&What::Outputs) {

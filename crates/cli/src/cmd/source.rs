@@ -210,12 +210,7 @@ impl ProbeSource {
             ),
         };
         let (arch, theta, at) = if let Some(path) = &self.weights {
-            let mut tensors = crate::tensors::read_safetensors(path)?;
-            // `export` writes the probe set into the same file.
-            tensors.retain(|name, _| !name.starts_with("probe."));
-            if let Some(map) = &self.name_map {
-                tensors = crate::tensors::apply_name_map(tensors, map)?;
-            }
+            let tensors = crate::tensors::read_state_dict(path, self.name_map.as_deref())?;
             let (arch, theta) = arch
                 .load_state(tensors)
                 .with_context(|| format!("--weights {}", path.display()))?;

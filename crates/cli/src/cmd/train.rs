@@ -1,10 +1,10 @@
 //! `noisegeom train`.
 
 use noisegeom_kernels::AutodiffKernels;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use noisegeom_train::{ExperimentConfig, Outcome, RunOptions, train};
+use noisegeom_train::{ExperimentConfig, InitialWeights, Outcome, RunOptions, train};
 
 use crate::backend::Job;
 use crate::env::{env_info, stamp};
@@ -15,6 +15,16 @@ pub struct TrainJob {
     pub dir: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub resume: bool,
+    /// `--weights`: where training starts instead of the seeded initialisation.
+    pub initial: Option<InitialWeights>,
+}
+
+/// `--weights FILE` (with `--name-map`): the tensors a run starts from.
+pub fn initial_weights(path: &Path, name_map: Option<&Path>) -> anyhow::Result<InitialWeights> {
+    Ok(InitialWeights {
+        tensors: crate::tensors::read_state_dict(path, name_map)?,
+        source: format!("--weights {}", path.display()),
+    })
 }
 
 impl TrainJob {
@@ -66,6 +76,7 @@ impl TrainJob {
             dir,
             data_dir,
             resume,
+            initial: None,
         })
     }
 }
@@ -87,6 +98,7 @@ impl Job for TrainJob {
                 resume: self.resume,
                 env,
                 backend: backend.to_string(),
+                initial: self.initial,
             },
             &device,
             &mut progress,

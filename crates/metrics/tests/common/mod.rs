@@ -31,7 +31,7 @@ pub struct Problem {
 
 /// Every model kind, tiny, with c = 1 and c > 1 (including c = 10).
 pub fn zoo(n: usize) -> Vec<Problem> {
-    let specs: [(&str, Vec<usize>, usize); 13] = [
+    let specs: [(&str, Vec<usize>, usize); 14] = [
         ("kind = \"linear\"\nbias = true", vec![5], 1),
         ("kind = \"linear\"", vec![4], 10),
         ("kind = \"two_layer_linear\"\nwidth = 4", vec![5], 2),
@@ -77,6 +77,7 @@ pub fn zoo(n: usize) -> Vec<Problem> {
             2,
         ),
         (SEQUENTIAL, vec![1, 4, 4], 2),
+        (PROJECTED, vec![1, 6, 6], 2),
     ];
     specs
         .into_iter()
@@ -128,6 +129,26 @@ layers = [
   { op = "avgpool2d", kernel = 2 },
   { op = "flatten" },
   { op = "batchnorm1d" },
+  { op = "linear", out = 2 },
+]
+"#;
+
+/// A residual block that halves the resolution with a projection shortcut (1×1 conv of
+/// stride 2, then a trainable BatchNorm), and overlapping average pooling.
+const PROJECTED: &str = r#"
+kind = "sequential"
+layers = [
+  { op = "conv2d", out = 2, kernel = 3, padding = 1 },
+  { op = "tanh" },
+  { op = "residual", layers = [
+    { op = "conv2d", out = 3, kernel = 3, stride = 2, padding = 1 },
+    { op = "tanh" },
+  ], shortcut = [
+    { op = "conv2d", out = 3, kernel = 1, stride = 2, bias = false },
+    { op = "batchnorm2d" },
+  ] },
+  { op = "avgpool2d", kernel = 2, stride = 1 },
+  { op = "flatten" },
   { op = "linear", out = 2 },
 ]
 "#;

@@ -65,6 +65,7 @@ pub(crate) fn zoo() -> Vec<(ModelConfig, Vec<usize>, usize)> {
             2,
         ),
         (sequential::TINY, vec![2, 4, 4], 3),
+        (sequential::PROJECTED, vec![1, 6, 6], 2),
     ];
     toml_models
         .into_iter()
@@ -433,7 +434,21 @@ fn residual_block_adds_its_input() {
     };
     assert!(bad(vec![Stage::AddSkip]).contains("no save_skip"));
     assert!(bad(vec![Stage::SaveSkip]).contains("no add_skip"));
-    assert!(bad(vec![Stage::SaveSkip, dense3, Stage::AddSkip]).contains("keep its shape"));
+    assert!(bad(vec![Stage::SaveSkip, dense3.clone(), Stage::AddSkip]).contains("same shape"));
+    assert!(bad(vec![Stage::SwapSkip]).contains("no save_skip"));
+    // The shortcut (after swap_skip) must end where the block ended.
+    let dense2 = Stage::Dense {
+        out: 2,
+        bias: false,
+    };
+    let shortcut = vec![
+        Stage::SaveSkip,
+        dense3,
+        Stage::SwapSkip,
+        dense2,
+        Stage::AddSkip,
+    ];
+    assert!(bad(shortcut).contains("same shape"));
 }
 
 #[test]

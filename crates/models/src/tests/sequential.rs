@@ -27,6 +27,26 @@ layers = [
 ]
 "#;
 
+/// A residual block that halves the resolution, with a projection shortcut (1×1 conv of
+/// stride 2, then BatchNorm), and overlapping average pooling ([1, 6, 6] inputs).
+pub(crate) const PROJECTED: &str = r#"
+kind = "sequential"
+layers = [
+  { op = "conv2d", out = 2, kernel = 3, padding = 1 },
+  { op = "tanh" },
+  { op = "residual", layers = [
+    { op = "conv2d", out = 3, kernel = 3, stride = 2, padding = 1 },
+    { op = "tanh" },
+  ], shortcut = [
+    { op = "conv2d", out = 3, kernel = 1, stride = 2, bias = false },
+    { op = "batchnorm2d" },
+  ] },
+  { op = "avgpool2d", kernel = 2, stride = 1 },
+  { op = "flatten" },
+  { op = "linear", out = 2 },
+]
+"#;
+
 /// The example of the issue that asked for `sequential` (CIFAR-shaped inputs).
 const EXAMPLE: &str = r#"
 kind = "sequential"
@@ -82,6 +102,26 @@ fn sequential_layers_follow_torch_names_and_shapes() {
     for n in ["3.0.weight", "3.1.running_var", "7.running_mean", "9.bias"] {
         assert!(names.iter().any(|m| m == n), "{n} in {names:?}");
     }
+    // A projection shortcut (torchvision's `downsample`) is named `i.shortcut.j`.
+    let down: ModelConfig = toml::from_str(PROJECTED).unwrap();
+    let arch = down.arch(&[1, 6, 6], 2, 0).unwrap();
+    let names: Vec<(String, Vec<usize>)> = arch
+        .state_layout()
+        .into_iter()
+        .map(|e| (e.name, e.shape))
+        .collect();
+    for (n, s) in [
+        ("2.0.weight", vec![3, 2, 3, 3]),
+        ("2.shortcut.0.weight", vec![3, 2, 1, 1]),
+        ("2.shortcut.1.running_var", vec![3]),
+        // [3, 3, 3] pooled by 2 × 2 windows 1 apart: [3, 2, 2].
+        ("5.weight", vec![2, 12]),
+    ] {
+        assert!(
+            names.contains(&(n.to_string(), s.clone())),
+            "{n} {s:?} in {names:?}"
+        );
+    }
     assert_eq!(cfg.natural_outputs(&[3, 32, 32]), Some(10));
     // The config's input shape must agree with the data's.
     let err = cfg.arch(&[1, 28, 28], 10, 0).unwrap_err().to_string();
@@ -102,7 +142,7 @@ fn sequential_errors_name_the_layer_and_op() {
             Ok(cfg) => cfg.arch(shape, c, 0).unwrap_err().to_string(),
         }
     };
-    let cases: [(&str, &[usize], usize, &[&str]); 9] = [
+    let cases: [(&str, &[usize], usize, &[&str]); 10] = [
         (
             r#"{ op = "conv2d", out = 2, kernel = 3 }, { op = "linear", out = 2 }"#,
             &[1, 5, 5],
@@ -128,10 +168,16 @@ fn sequential_errors_name_the_layer_and_op() {
             &["layer 0.1 (conv2d)", "larger than"],
         ),
         (
-            r#"{ op = "avgpool2d", kernel = 2, stride = 1 }, { op = "flatten" }"#,
+            r#"{ op = "avgpool2d", kernel = 2, stride = 0 }, { op = "flatten" }"#,
             &[1, 4, 4],
             4,
-            &["layer 0 (avgpool2d)", "stride"],
+            &["layer 0 (avgpool2d)", "stride ≥ 1"],
+        ),
+        (
+            r#"{ op = "residual", layers = [{ op = "conv2d", out = 2, kernel = 3, stride = 2, padding = 1 }], shortcut = [{ op = "conv2d", out = 2, kernel = 1 }] }, { op = "flatten" }"#,
+            &[1, 4, 4],
+            8,
+            &["layer 0 (residual)", "[2, 2, 2]", "[2, 4, 4]", "shortcut"],
         ),
         (
             r#"{ op = "adaptive_avgpool2d", output_size = 2 }"#,
@@ -352,4 +398,37 @@ fn state_round_trips_and_mismatches_are_named() {
         &|f| f.get_mut("3.bias").unwrap().values[0] = f64::NAN,
         &["3.bias", "non-finite"],
     );
+}
+
+/// Average pooling with any stride against the definition, window by window, in f64: the
+/// mean of the k × k window at (s·i, s·j), remainder rows and columns dropped.
+#[test]
+fn average_pooling_matches_its_definition() {
+    let (n, c, h, w) = (2, 3, 7, 6);
+    let x: Vec<f64> = (0..n * c * h * w)
+        .map(|k| ((k * 31 % 17) as f64 - 8.0) / 5.0)
+        .collect();
+    for (k, s) in [(2, 2), (3, 3), (2, 1), (3, 1), (3, 2), (1, 2)] {
+        let a = Tensor::<F64, 4>::from_data(TensorData::new(x.clone(), [n, c, h, w]), &dev());
+        let got: Vec<f64> = crate::net::avg_pool(a, k, s).into_data().to_vec().unwrap();
+        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+        let mut want = Vec::new();
+        for b in 0..n * c {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut sum = 0.0;
+                    for di in 0..k {
+                        for dj in 0..k {
+                            sum += x[b * h * w + (s * i + di) * w + s * j + dj];
+                        }
+                    }
+                    want.push(sum / (k * k) as f64);
+                }
+            }
+        }
+        assert_eq!(got.len(), want.len(), "k {k} s {s}");
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() <= 1e-14, "k {k} s {s}: {g} vs {e}");
+        }
+    }
 }

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use noisegeom_data::{Sampler, stop};
+use noisegeom_metrics::Resources;
+use noisegeom_metrics::resources::TrainingStep;
 use noisegeom_models::{AutodiffKernels, DeviceSet, Net, autodiff_lock};
 use serde::Serialize;
 use serde_json::json;
@@ -36,6 +38,15 @@ pub struct RunOptions {
     pub env: serde_json::Value,
     /// A short name of the backend, recorded in the summary.
     pub backend: String,
+    /// Start a fresh run from these weights (a state_dict, by the architecture's tensor
+    /// names) instead of the seeded initialisation: fine-tuning.
+    pub initial: Option<InitialWeights>,
+}
+
+/// Weights to start training from, and where they came from (recorded in `data.json`).
+pub struct InitialWeights {
+    pub tensors: std::collections::BTreeMap<String, noisegeom_models::NamedTensor>,
+    pub source: String,
 }
 
 /// Progress callbacks. The trainer never prints; the CLI renders these.
@@ -45,6 +56,8 @@ pub trait Observer {
     fn evaluated(&mut self, _eval: &Eval) {}
     fn probed(&mut self, _probe: &ProbeRecord) {}
     fn checkpointed(&mut self, _step: u64, _path: &Path) {}
+    /// The run's estimated peak memory and work, before the first step.
+    fn estimated(&mut self, _resources: &Resources) {}
     /// Polled after every step, with the process-wide request of
     /// [`noisegeom_data::stop`]; `true` makes the trainer checkpoint and return.
     fn stop_requested(&self) -> bool {
@@ -95,12 +108,22 @@ pub struct Summary {
     pub wall_seconds: f64,
     pub samples_per_second: f64,
     pub run_dir: PathBuf,
+    /// The estimate made before the first step (with probes), and the process's measured
+    /// peak resident memory at the end.
+    pub resources: RunResources,
+}
+
+/// A run's memory: estimated before it, measured after it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResources {
+    pub estimate: Option<Resources>,
+    pub measured_peak_bytes: Option<u64>,
 }
 
 /// How [`train`] ended.
 #[derive(Debug)]
 pub enum Outcome {
-    Finished(Summary),
+    Finished(Box<Summary>),
     /// A stop was requested; the run is checkpointed at `step` and can be resumed.
     Interrupted {
         step: u64,
@@ -143,14 +166,39 @@ pub fn train<B: AutodiffKernels>(
     };
     let eval_train = DeviceSet::<B::InnerBackend>::new(&eval_subset, device);
 
+    let total = cfg.total_steps(n_train);
+    let t = &cfg.train;
+    let mut probe = match cfg.probe.as_ref().filter(|p| p.enabled) {
+        Some(p) => Some(Probe::new(
+            p,
+            &prepared.train,
+            arch.clone(),
+            cfg.seed,
+            t.lr.phase_ends(total),
+        )?),
+        None => None,
+    };
+    let estimate = match probe.as_ref() {
+        Some(p) => {
+            let training = TrainingStep {
+                batch: t.micro_batch.unwrap_or(t.batch_size).min(t.batch_size),
+                eval_chunk: t.eval_batch,
+            };
+            let r = p.estimate(&model.valid(), training, device)?;
+            observer.estimated(&r);
+            r.check(
+                "lower probe.size, probe.chunk or probe.max_gram_gb, set probe.hessian = false, or lower train.micro_batch or train.eval_batch",
+            )?;
+            Some(r)
+        }
+        None => None,
+    };
     let mut log = JsonLog::open(log_path, log_keep).map_err(io(log_path))?;
     let log_err = |e| TrainError::Io {
         path: log_path.clone(),
         source: e,
     };
 
-    let total = cfg.total_steps(n_train);
-    let t = &cfg.train;
     let ckpt_every = t.checkpoint_every.unwrap_or(t.eval_every);
     let mut sampler = Sampler::new(n_train, t.batch_size, t.sampling, cfg.seed);
     let mut last_ckpt: Option<PathBuf> = run.resume_from.as_ref().map(|(p, _)| p.clone());
@@ -163,17 +211,18 @@ pub fn train<B: AutodiffKernels>(
             "num_params": arch.num_params(),
         }))
         .map_err(log_err)?;
+        // Given weights live only in the file they came from: keep them in the run, so that a
+        // run stopped before its first checkpoint resumes from them, not from the seed.
+        if run.initial_theta.is_some() {
+            let state = Resumable {
+                model: &model,
+                sgd: &sgd,
+                loss_window: window,
+                probe_pending,
+            };
+            last_ckpt = Some(state.save(ckpt_dir, &mut log, log_path, 0, arch)?);
+        }
     }
-    let mut probe = match cfg.probe.as_ref().filter(|p| p.enabled) {
-        Some(p) => Some(Probe::new(
-            p,
-            &prepared.train,
-            arch.clone(),
-            cfg.seed,
-            t.lr.phase_ends(total),
-        )?),
-        None => None,
-    };
     let mut probes = 0;
     let mut run_probe = |probe: &mut Probe,
                          net: &Net<B::InnerBackend>,
@@ -327,13 +376,17 @@ pub fn train<B: AutodiffKernels>(
             0.0
         },
         run_dir: dir.clone(),
+        resources: RunResources {
+            estimate,
+            measured_peak_bytes: noisegeom_data::mem::peak_bytes(),
+        },
     };
     write_atomic(
         &dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary).expect("json"),
     )
     .map_err(io(&dir.join("summary.json")))?;
-    Ok(Outcome::Finished(summary))
+    Ok(Outcome::Finished(Box::new(summary)))
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub(super) struct Setup {
     pub(super) arch: Arch,
     /// The newest readable checkpoint, when resuming.
     pub(super) resume_from: Option<(PathBuf, Checkpoint)>,
+    /// θ of the given weights ([`RunOptions::initial`]), for a fresh run.
+    pub(super) initial_theta: Option<Vec<f64>>,
 }
 
 /// An I/O error at `path`, as a [`TrainError`].
@@ -96,6 +98,26 @@ pub(super) fn open(opts: &RunOptions) -> Result<Setup, TrainError> {
         });
     }
 
+    let initial_theta = match &opts.initial {
+        None => None,
+        Some(_) if opts.resume => {
+            return Err(TrainError::Config {
+                path: "--weights".into(),
+                message: "a resumed run continues from its own checkpoint; give --weights only to start a run".into(),
+            });
+        }
+        Some(w) => {
+            let (loaded, theta) =
+                arch.load_state(w.tensors.clone())
+                    .map_err(|e| TrainError::Config {
+                        path: w.source.clone(),
+                        message: e.to_string(),
+                    })?;
+            debug_assert_eq!(loaded, arch, "no fixed tensors in a trainable architecture");
+            Some(theta)
+        }
+    };
+
     if !opts.resume {
         write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())
             .map_err(io(&dir.join("config.toml")))?;
@@ -112,6 +134,12 @@ pub(super) fn open(opts: &RunOptions) -> Result<Setup, TrainError> {
             "normalisation": prepared.normalisation,
             "num_params": arch.num_params(),
             "arch": arch,
+            "initial_weights": opts.initial.as_ref().map(|w| json!({
+                "source": w.source,
+                "theta_fnv1a64": format!("{:016x}", crate::fsio::fnv(
+                    &initial_theta.iter().flatten().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+                )),
+            })),
         });
         write_atomic(
             &dir.join("data.json"),
@@ -127,6 +155,7 @@ pub(super) fn open(opts: &RunOptions) -> Result<Setup, TrainError> {
         prepared,
         arch,
         resume_from,
+        initial_theta,
     })
 }
 
@@ -143,8 +172,8 @@ pub(super) struct Start<B: AutodiffKernels> {
 }
 
 impl Setup {
-    /// The state the checkpoint resumed from holds, or a fresh one (seeded initialisation,
-    /// the probe of step 0 pending).
+    /// The state the checkpoint resumed from holds, or a fresh one (the given weights or the
+    /// seeded initialisation, the probe of step 0 pending).
     pub(super) fn start<B: AutodiffKernels>(
         &self,
         resume: bool,
@@ -189,12 +218,15 @@ impl Setup {
                 }
             }
             None => Start {
-                model: self.cfg.model.init(
-                    &self.prepared.train.input_shape,
-                    self.prepared.train.num_outputs(),
-                    self.cfg.seed,
-                    device,
-                )?,
+                model: match &self.initial_theta {
+                    Some(theta) => Net::build(arch.clone(), &mut FlatSource::new(device, theta))?,
+                    None => self.cfg.model.init(
+                        &self.prepared.train.input_shape,
+                        self.prepared.train.num_outputs(),
+                        self.cfg.seed,
+                        device,
+                    )?,
+                },
                 sgd: Sgd::new(sgd_cfg),
                 step: 0,
                 log_keep: if resume { Some(0) } else { None },

@@ -13,6 +13,7 @@ fn final_theta(cfg: &str, dir: &Path) -> Vec<f64> {
         resume: false,
         env: json!({}),
         backend: "ndarray-f64".into(),
+        initial: None,
     };
     let device = Default::default();
     train::<Autodiff<NdArray<f64>>>(opts, &device, &mut Silent).unwrap();

@@ -31,3 +31,23 @@ pub fn physical_bytes() -> Option<u64> {
         .ok()
         .map(|k| k * 1024)
 }
+
+/// The memory limit set by [`set_limit`] (0: none set).
+static LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The share of physical memory a job may plan to use when no limit is set: 80%.
+pub const DEFAULT_FRACTION: f64 = 0.8;
+
+/// Sets the memory limit that jobs' estimates are checked against (`--max-memory`).
+pub fn set_limit(bytes: u64) {
+    LIMIT.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The memory limit: the one set by [`set_limit`], else [`DEFAULT_FRACTION`] of physical
+/// memory; `None` where neither is known.
+pub fn limit() -> Option<u64> {
+    match LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => physical_bytes().map(|b| (b as f64 * DEFAULT_FRACTION) as u64),
+        b => Some(b),
+    }
+}
