@@ -86,7 +86,40 @@ fn quick_with(name: &str, extra: &[&str]) -> (tempfile::TempDir, Value) {
     );
     assert!(doc["config"]["seed"].is_u64(), "seed recorded");
     assert_well_formed(&doc["results"], "results");
+    assert_figure_documented(name, dir.path(), &doc, &env);
     (dir, doc)
+}
+
+/// Every field of the figure's results file, env file and job files is documented in
+/// docs/reference.md (results per figure as `<fig>:results…`, job results as `<fig>:result…`).
+fn assert_figure_documented(name: &str, dir: &std::path::Path, doc: &Value, env: &Value) {
+    use crate::support::{assert_documented, field_paths};
+    use std::collections::BTreeSet;
+    let mut paths = BTreeSet::new();
+    for (k, v) in doc.as_object().unwrap() {
+        paths.insert(k.clone());
+        if k == "results" {
+            paths.insert(format!("{name}:results"));
+            field_paths(v, &format!("{name}:results"), &mut paths);
+        }
+    }
+    assert_documented("Figure results JSON", &paths);
+    let mut paths = BTreeSet::new();
+    field_paths(env, "", &mut paths);
+    assert_documented("Figure env JSON", &paths);
+    for job in std::fs::read_dir(dir.join("jobs")).unwrap() {
+        let text = std::fs::read_to_string(job.unwrap().path()).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let v = serde_json::to_value(table).unwrap();
+        let mut paths = BTreeSet::new();
+        for (k, x) in v.as_object().unwrap() {
+            paths.insert(k.clone());
+            if k == "result" {
+                field_paths(x, &format!("{name}:result"), &mut paths);
+            }
+        }
+        assert_documented("Figure job file", &paths);
+    }
 }
 
 fn f(v: &Value) -> f64 {
@@ -322,4 +355,55 @@ fn network_figures_refuse_bad_data_in_one_line() {
         tmp.path().join("out").to_str().unwrap(),
     ]);
     assert_one_line_error(&out, &["nowhere"]);
+}
+
+/// A run that diverges is a result of Figure 6, not a failure: the figure finishes, keeps the
+/// run's probes up to the divergence and says where it diverged.
+#[test]
+fn fig6_records_a_diverged_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(crate::support::root().join("configs/figures/fig6.toml")).unwrap();
+    let huge = r#"  { name = "gd_huge", label = "GD, η = 1e4", train = { batch_size = 128, epochs = 4, eval_every = 1, lr = { schedule = "constant", lr = 10000.0 } } },
+]"#;
+    let quick = text.split("[quick]").nth(1).unwrap();
+    let end = quick.rfind("\n]").unwrap();
+    let patched = format!(
+        "{}[quick]{}\n{huge}{}",
+        text.split("[quick]").next().unwrap(),
+        &quick[..end],
+        &quick[end + 2..]
+    );
+    let config = dir.path().join("fig6.toml");
+    std::fs::write(&config, patched).unwrap();
+    let out = run(&[
+        "figure",
+        "fig6",
+        "--config",
+        config.to_str().unwrap(),
+        "--quick",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("DIVERGED at step"), "{stdout}");
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("fig6.json")).unwrap()).unwrap();
+    let runs = doc["results"]["runs"].as_array().unwrap();
+    let huge = runs.iter().find(|r| r["name"] == "gd_huge").unwrap();
+    let step = huge["diverged"]["step"].as_u64().unwrap();
+    assert!((1..=4).contains(&step), "{huge}");
+    assert_eq!(huge["steps"], step);
+    assert_eq!(
+        huge["probes"][0]["step"], 0,
+        "the probes before it are kept"
+    );
+    let summary = doc["results"]["summary"].as_array().unwrap();
+    assert_eq!(summary[3]["diverged_at_step"], step);
+    assert!(runs[0]["diverged"].is_null(), "the others did not diverge");
 }

@@ -46,6 +46,7 @@ fn measure_json(dir: &std::path::Path, name: &str, extra: &[&str]) -> serde_json
     if !extra.contains(&"--what") {
         assert!(stdout.contains("top 3 eigen-directions of G"), "{stdout}");
     }
+    crate::support::assert_measure_documented(&out);
     serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
 }
 
@@ -60,6 +61,12 @@ fn measure_writes_reproducible_results_with_cutoffs() {
         m
     };
     assert_eq!(strip(&a), strip(&b), "same seed, same numbers");
+    // Every part of the results file at once (its fields are checked against the reference).
+    measure_json(
+        tmp.path(),
+        "all.json",
+        &["--what", "mu,directional,spectrum,density,outputs"],
+    );
     let m = &a["measurement"];
     assert!(m["loss_alignment"]["mu"].as_f64().unwrap() > 0.0);
     assert_eq!(m["loss_alignment"]["method"], "exact (Gram)");
@@ -338,6 +345,7 @@ fn the_memory_estimate_is_within_2x_of_the_measured_peak() {
         );
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        crate::support::assert_measure_documented(&file);
         let r = &v["resources"];
         let estimate = r["estimate"]["peak_bytes"].as_f64().unwrap();
         let peak = r["measured_peak_bytes"].as_f64().unwrap();
@@ -416,6 +424,7 @@ fn a_training_runs_memory_estimate_is_within_2x_of_its_peak() {
         let s: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
                 .unwrap();
+        crate::support::assert_run_documented(&dir);
         let r = &s["resources"];
         let estimate = r["estimate"]["peak_bytes"].as_f64().unwrap();
         let peak = r["measured_peak_bytes"].as_f64().unwrap();

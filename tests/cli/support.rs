@@ -139,3 +139,104 @@ pub fn skipped(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// The fields documented in docs/reference.md under the heading that starts with `### {heading}`
+/// (the first backticked cell of each table row).
+pub fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
+    let start = format!("### {heading}");
+    let section = text
+        .split("\n### ")
+        .find(|s| format!("### {s}").starts_with(&start))
+        .unwrap_or_else(|| panic!("docs/reference.md has no section {start}"));
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|c| c.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The field paths of `v` as docs/reference.md writes them: dotted object keys, `[]` after
+/// an array of objects, every object's own path too; a ratio's `{"undefined": …}` is one
+/// field.
+pub fn field_paths(
+    v: &serde_json::Value,
+    path: &str,
+    out: &mut std::collections::BTreeSet<String>,
+) {
+    use serde_json::Value;
+    let join = |k: &str| {
+        if path.is_empty() || path.ends_with(':') {
+            format!("{path}{k}")
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::Object(o) if !(o.len() == 1 && o.contains_key("undefined")) => {
+            for (k, x) in o {
+                let p = join(k);
+                out.insert(p.clone());
+                field_paths(x, &p, out);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                if x.is_object() && x.get("undefined").is_none() {
+                    field_paths(x, &format!("{path}[]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Asserts that every field of an output file is documented in docs/reference.md under
+/// `heading` (a renamed or new field fails here).
+pub fn assert_documented(heading: &str, paths: &std::collections::BTreeSet<String>) {
+    let doc = documented_fields(heading);
+    let missing: Vec<&String> = paths.difference(&doc).collect();
+    assert!(
+        missing.is_empty(),
+        "fields written to {heading} but not documented in docs/reference.md: {missing:?}"
+    );
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+/// Checks every field of a `measure` results file against docs/reference.md.
+pub fn assert_measure_documented(file: &Path) {
+    let mut paths = std::collections::BTreeSet::new();
+    field_paths(&read_json(file), "", &mut paths);
+    assert_documented("`measure` results JSON", &paths);
+}
+
+/// Checks every file of a run directory against docs/reference.md.
+pub fn assert_run_documented(run: &Path) {
+    use std::collections::BTreeSet;
+    let json = read_json;
+    let mut events = BTreeSet::new();
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let kind = v["kind"].as_str().unwrap().to_string();
+        field_paths(&v, &format!("{kind}:"), &mut events);
+    }
+    assert_documented("`metrics.jsonl`", &events);
+    for (file, heading) in [
+        ("summary.json", "`summary.json`"),
+        ("env.json", "`env.json`"),
+        ("data.json", "`data.json`"),
+    ] {
+        let mut paths = BTreeSet::new();
+        field_paths(&json(&run.join(file)), "", &mut paths);
+        assert_documented(heading, &paths);
+    }
+}

@@ -12,6 +12,8 @@ mod cmd;
 mod env;
 mod malloc;
 mod progress;
+#[cfg(test)]
+mod reference;
 mod signals;
 mod sources;
 mod tensors;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use noisegeom_data::{DataConfig, Source};
 use noisegeom_models::ModelConfig;
-use noisegeom_train::{ExperimentConfig, ProbeSettings, TrainSettings};
+use noisegeom_train::{ExperimentConfig, ProbeSettings, TrainError, TrainSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -122,6 +122,18 @@ pub struct Fig6Part {
     pub epochs: f64,
     pub probes: Vec<ProbePoint>,
     pub evals: Vec<EvalPoint>,
+    /// Where the run diverged, if it did: its probes and evaluations up to then are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Divergence>,
+}
+
+/// The step whose minibatch loss was not finite, its learning rate and the loss (as text:
+/// `NaN`, `inf`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Divergence {
+    pub step: u64,
+    pub lr: f64,
+    pub loss: String,
 }
 
 /// A run's end point. The final probe alone can mislead when λ_max(G) oscillates with the
@@ -141,6 +153,8 @@ pub struct RunSummary {
     pub c_mu_final: Option<f64>,
     pub test_accuracy_final: Option<f64>,
     pub test_accuracy_best: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged_at_step: Option<u64>,
 }
 
 impl Fig6Part {
@@ -166,6 +180,7 @@ impl Fig6Part {
             c_mu_final: last.and_then(|q| q.c_mu),
             test_accuracy_final: acc.last().copied(),
             test_accuracy_best: acc.iter().copied().reduce(f64::max),
+            diverged_at_step: self.diverged.as_ref().map(|d| d.step),
         }
     }
 }
@@ -229,7 +244,20 @@ impl Figure for Fig6 {
     ) -> Result<Fig6Part, FigureError> {
         let run = &cfg.runs[index];
         let dir = work.join("runs").join(&run.name);
-        let trained = train_in::<B>(&experiment(cfg, run), &dir, device)?;
+        // A run that diverges is a result, not a failure of the figure: its probes up to the
+        // divergence are kept and the figure says where it diverged.
+        let (steps, diverged) = match train_in::<B>(&experiment(cfg, run), &dir, device) {
+            Ok(trained) => (trained.summary.steps, None),
+            Err(FigureError::Train(TrainError::Diverged { step, lr, loss, .. })) => (
+                step,
+                Some(Divergence {
+                    step,
+                    lr,
+                    loss: loss.to_string(),
+                }),
+            ),
+            Err(e) => return Err(e),
+        };
         let log = RunLog::read(&dir)?;
         let data_json = dir.join("data.json");
         let train_samples = std::fs::read_to_string(&data_json)
@@ -277,16 +305,16 @@ impl Figure for Fig6 {
                 }
             })
             .collect();
-        let s = &trained.summary;
         Ok(Fig6Part {
             name: run.name.clone(),
             label: run.label.clone(),
             batch_size: batch,
             train_samples,
-            steps: s.steps,
-            epochs: epoch(s.steps),
+            steps,
+            epochs: epoch(steps),
             probes,
             evals,
+            diverged,
         })
     }
 
@@ -380,7 +408,7 @@ impl Figure for Fig6 {
         let summaries: Vec<RunSummary> = parts.iter().map(Fig6Part::summary).collect();
         for (p, s) in parts.iter().zip(&summaries) {
             text += &format!(
-                "  {:<10} {:<24} {:>5.1} epochs, {:>5} steps of batch {:>5}: λ_max(G) {} → {} (second half: median {}, range {}–{}), Tr G {}, c·μ {}, test accuracy {} (best {})\n",
+                "  {:<10} {:<24} {:>5.1} epochs, {:>5} steps of batch {:>5}: λ_max(G) {} → {} (second half: median {}, range {}–{}), Tr G {}, c·μ {}, test accuracy {} (best {}){}\n",
                 p.name,
                 p.label,
                 p.epochs,
@@ -395,6 +423,13 @@ impl Figure for Fig6 {
                 fmt(s.c_mu_final, 3),
                 pct(s.test_accuracy_final),
                 pct(s.test_accuracy_best),
+                p.diverged
+                    .as_ref()
+                    .map(|d| format!(
+                        "; DIVERGED at step {} (η = {:.4}, loss {})",
+                        d.step, d.lr, d.loss
+                    ))
+                    .unwrap_or_default(),
             );
         }
         text.pop();

@@ -192,6 +192,13 @@ fn draw_grid<DB: DrawingBackend>(
     let areas = root.split_evenly((rows, cols.max(1)));
     for (area, p) in areas.iter().zip(panels) {
         let (x0, x1, y0, y1) = bounds(p);
+        // A log axis over less than a decade would get no ticks: draw it linear.
+        let p = &Panel {
+            x_log: p.x_log && x1 / x0 >= 10.0,
+            y_log: p.y_log && y1 / y0 >= 10.0,
+            ..p.clone()
+        };
+        let (x0, x1, y0, y1) = bounds(p);
         match (p.x_log, p.y_log) {
             (false, false) => draw_panel(area, p, x0..x1, y0..y1)?,
             (true, false) => draw_panel(area, p, (x0..x1).log_scale(), y0..y1)?,
@@ -272,6 +279,8 @@ where
         .axis_desc_style(("sans-serif", 14))
         .x_labels(8)
         .y_labels(8)
+        .x_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| tick_label(*v))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (v, label) in &p.hlines {
@@ -304,9 +313,11 @@ where
                 LineSeries::new(pts.clone(), color.stroke_width(2)).point_size(marker),
             )?
         };
-        anno.label(s.label.clone()).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-        });
+        if !s.label.is_empty() {
+            anno.label(s.label.clone()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        }
         let bars: Vec<_> = s
             .points
             .iter()
@@ -317,10 +328,38 @@ where
             .collect();
         chart.draw_series(bars)?;
     }
-    if !p.series.is_empty() {
+    if p.series.iter().any(|s| !s.label.is_empty()) || !p.hlines.is_empty() {
         legend(&mut chart)?;
     }
     Ok(())
+}
+
+/// A tick label: integers without a decimal point, other values to three significant digits
+/// with trailing zeros dropped, and scientific notation below 10⁻³ and from 10⁵ (`1e-4`,
+/// `2.5e6`), so that a tick computed as 9.999999e-5 reads `1e-4`.
+pub fn tick_label(v: f64) -> String {
+    if !v.is_finite() {
+        return String::new();
+    }
+    let a = v.abs();
+    if a == 0.0 {
+        return "0".into();
+    }
+    let trim = |s: String| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    if (1e-3..1e5).contains(&a) {
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        trim(format!("{v:.decimals$}"))
+    } else {
+        let s = format!("{v:.2e}");
+        let (mantissa, exponent) = s.split_once('e').expect("scientific notation");
+        format!("{}e{exponent}", trim(mantissa.to_string()))
+    }
 }
 
 /// The legend box, the same on every chart.
@@ -354,6 +393,8 @@ fn draw_fields<DB: DrawingBackend>(
             .x_desc(&p.x_label)
             .y_desc(&p.y_label)
             .label_style(("sans-serif", 13))
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| tick_label(*v))
             .disable_mesh()
             .draw()?;
         // Shade by rank so that a loss spanning decades stays readable.
@@ -388,11 +429,150 @@ fn draw_fields<DB: DrawingBackend>(
                 // zig-zagging SGD path.
                 chart.draw_series(LineSeries::new(pts, color.stroke_width(1)))?
             };
-            anno.label(s.label.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+            if !s.label.is_empty() {
+                anno.label(s.label.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            }
         }
-        legend(&mut chart)?;
+        if p.paths.iter().any(|s| !s.label.is_empty()) {
+            legend(&mut chart)?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_read_as_numbers() {
+        for (v, want) in [
+            (0.0, "0"),
+            (200.0, "200"),
+            (750.0, "750"),
+            (0.45, "0.45"),
+            (0.30000000000000004, "0.3"),
+            (12.5, "12.5"),
+            (9.999999e-5, "1e-4"),
+            (2.5e6, "2.5e6"),
+            (-0.05, "-0.05"),
+            (1234.6, "1235"),
+        ] {
+            assert_eq!(tick_label(v), want, "{v}");
+        }
+    }
+
+    /// The text elements of an SVG: (text-anchor, x, y, content).
+    fn svg_texts(svg: &str) -> Vec<(String, f64, f64, String)> {
+        let attr = |tag: &str, name: &str| -> Option<String> {
+            let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+            Some(tag[at..at + tag[at..].find('"')?].to_string())
+        };
+        svg.split("<text")
+            .skip(1)
+            .map(|t| {
+                let (tag, rest) = t.split_once('>').unwrap();
+                let content = rest.split("</text>").next().unwrap().trim().to_string();
+                let num = |n| {
+                    attr(tag, n)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN)
+                };
+                (
+                    attr(tag, "text-anchor").unwrap_or_default(),
+                    num("x"),
+                    num("y"),
+                    content,
+                )
+            })
+            .collect()
+    }
+
+    /// Renders one panel of each kind the figures and run plots draw (a step axis against
+    /// a loss on a log axis spanning less than a decade, an unlabelled learning-rate curve,
+    /// a log-log spectrum over seven decades, a rank axis) and checks the tick labels the
+    /// plotting code wrote: numbers on both axes of every panel, integers without a decimal
+    /// point, no long mantissas, and no empty text (an unlabelled series adds no legend
+    /// entry).
+    #[test]
+    fn every_panel_kind_has_readable_ticks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let steps = |f: &dyn Fn(f64) -> f64| -> Vec<(f64, f64)> {
+            (0..=75).map(|k| (10.0 * k as f64, f(k as f64))).collect()
+        };
+        let panels = [
+            Panel {
+                title: "loss".into(),
+                x_label: "step".into(),
+                y_label: "loss".into(),
+                y_log: true,
+                series: vec![Series::line("train", steps(&|k| 0.5 - 0.002 * k))],
+                ..Panel::default()
+            },
+            Panel {
+                title: "learning rate".into(),
+                x_label: "step".into(),
+                y_label: "η".into(),
+                series: vec![Series::line("", steps(&|k| 0.01 + 0.006 * (k % 25.0)))],
+                ..Panel::default()
+            },
+            Panel {
+                title: "spectrum".into(),
+                x_label: "λ_k".into(),
+                y_label: "α_k".into(),
+                x_log: true,
+                y_log: true,
+                series: vec![Series::scatter(
+                    "α_k",
+                    (0..40)
+                        .map(|k| (10f64.powf(-5.0 + k as f64 / 6.0), 3e-5 * 1.4f64.powi(k)))
+                        .collect(),
+                )],
+                hlines: vec![(1e-3, "reference".into())],
+                ..Panel::default()
+            },
+            Panel {
+                title: "by rank".into(),
+                x_label: "k".into(),
+                y_label: "λ_k".into(),
+                series: vec![Series::line("λ_k", by_rank(&[9.0, 7.5, 4.0, 3.9, 1.2]))],
+                ..Panel::default()
+            },
+        ];
+        for p in panels {
+            let stem = tmp.path().join("p");
+            save(&stem, std::slice::from_ref(&p), 1, (600, 430)).unwrap();
+            let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+            let texts = svg_texts(&svg);
+            assert!(
+                texts.iter().all(|t| !t.3.is_empty()),
+                "{}: empty text in {texts:?}",
+                p.title
+            );
+            let numbers: Vec<&(String, f64, f64, String)> = texts
+                .iter()
+                .filter(|t| t.3.parse::<f64>().is_ok())
+                .collect();
+            // y ticks are right-aligned left of the plot; x ticks centred below it.
+            let y_ticks = numbers.iter().filter(|t| t.0 == "end").count();
+            let x_ticks = numbers.iter().filter(|t| t.0 == "middle").count();
+            assert!(
+                y_ticks >= 3 && x_ticks >= 3,
+                "{}: {y_ticks} y and {x_ticks} x tick labels in {texts:?}",
+                p.title
+            );
+            for t in &numbers {
+                let mantissa = t.3.split('e').next().unwrap();
+                let digits = mantissa.chars().filter(char::is_ascii_digit).count();
+                assert!(
+                    !t.3.ends_with(".0") && digits <= 5,
+                    "{}: tick label {}",
+                    p.title,
+                    t.3
+                );
+            }
+        }
+    }
 }

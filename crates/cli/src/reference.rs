@@ -1,0 +1,280 @@
+//! docs/reference.md against the command line: every flag and positional argument of every
+//! subcommand is documented under its subcommand, and every documented one exists. The
+//! commands written in README.md and the guide parse with today's flags.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+
+use crate::Cli;
+
+fn doc(name: &str) -> String {
+    let path = format!("{}/../../{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The flags documented under each `### ` heading of the command-line section.
+fn documented() -> Vec<(String, BTreeSet<String>)> {
+    let text = doc("docs/reference.md");
+    let section = text
+        .split("\n## Command-line flags")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Command-line flags section");
+    section
+        .split("\n### ")
+        .skip(1)
+        .map(|part| {
+            let heading = part.lines().next().unwrap_or("").replace('`', "");
+            let flags = part
+                .lines()
+                .filter_map(|l| l.strip_prefix("| `"))
+                .filter_map(|c| c.split('`').next())
+                .map(str::to_string)
+                .collect();
+            (heading.trim().to_string(), flags)
+        })
+        .collect()
+}
+
+/// The flags of a command as written in the reference: `--long`, or `<NAME>` for a
+/// positional argument; clap's own help and version flags left out.
+fn flags(cmd: &clap::Command, global: bool) -> BTreeSet<String> {
+    cmd.get_arguments()
+        .filter(|a| a.is_global_set() == global)
+        .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+        .map(|a| match a.get_long() {
+            Some(long) => format!("--{long}"),
+            None => format!(
+                "<{}>",
+                a.get_value_names()
+                    .and_then(|v| v.first().map(|s| s.to_string()))
+                    .unwrap_or_else(|| a.get_id().as_str().to_uppercase())
+            ),
+        })
+        .collect()
+}
+
+#[test]
+fn the_flag_reference_matches_the_command_line() {
+    let cli = Cli::command();
+    let mut code: Vec<(String, BTreeSet<String>)> =
+        vec![("Global flags".into(), flags(&cli, true))];
+    fn walk(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, BTreeSet<String>)>) {
+        for sub in cmd.get_subcommands() {
+            let name = format!("{prefix} {}", sub.get_name());
+            if sub.has_subcommands() {
+                walk(sub, &name, out);
+            } else {
+                out.push((name, flags(sub, false)));
+            }
+        }
+    }
+    walk(&cli, "noisegeom", &mut code);
+    let doc = documented();
+    for (name, want) in &code {
+        let got = doc
+            .iter()
+            .find(|(h, _)| h == name)
+            .unwrap_or_else(|| panic!("docs/reference.md has no section `{name}`"));
+        assert_eq!(
+            &got.1, want,
+            "{name}: documented flags (left) differ from the command line's (right)"
+        );
+    }
+    for (heading, _) in &doc {
+        assert!(
+            code.iter().any(|(n, _)| n == heading),
+            "docs/reference.md documents `{heading}`, which is not a command"
+        );
+    }
+}
+
+/// The `noisegeom …` (or `cargo run --release -- …`) commands in the fenced shell blocks of
+/// README.md and the guide, joined across `\` line ends, without comments.
+fn documented_commands(name: &str) -> Vec<String> {
+    let text = doc(name);
+    let mut out = Vec::new();
+    let mut fenced = false;
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            fenced = t.len() > 3 && (t.contains("sh") || t.contains("bash")) && !fenced;
+            continue;
+        }
+        if !fenced {
+            continue;
+        }
+        let code = t.split(" #").next().unwrap_or(t).trim();
+        let code = match code.strip_prefix("cargo run --release -- ") {
+            Some(rest) => format!("noisegeom {rest}"),
+            None => code.to_string(),
+        };
+        if current.is_empty() && !code.starts_with("noisegeom ") {
+            continue;
+        }
+        match code.strip_suffix('\\') {
+            Some(head) => current.push_str(&format!("{head} ")),
+            None => {
+                current.push_str(&code);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+/// Every command README.md and docs/guide.md show parses with today's flags (a renamed or
+/// removed flag fails here); the tests and CI run what is cheap to run of them.
+#[test]
+fn documented_commands_parse() {
+    let mut seen = 0;
+    for file in ["README.md", "docs/guide.md"] {
+        let commands: Vec<String> = documented_commands(file)
+            .iter()
+            .flat_map(|c| {
+                c.split(['&', ';', '|'])
+                    .map(str::trim)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|c| c.starts_with("noisegeom "))
+            .collect();
+        for cmd in commands {
+            // A Slurm array task's variables, as the sbatch script sets them.
+            let cmd = cmd
+                .replace("$SLURM_ARRAY_TASK_ID", "0")
+                .replace("$SLURM_ARRAY_TASK_COUNT", "4");
+            let words: Vec<String> = cmd
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| c == '"' || c == '\'').to_string())
+                .collect();
+            if let Err(e) = <Cli as clap::Parser>::try_parse_from(&words) {
+                panic!("{file}: `{cmd}` does not parse: {e}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 20, "only {seen} commands found");
+}
+
+/// Every output field docs/reference.md documents is still named somewhere in the code (a
+/// field removed from the code fails here; one added or renamed fails the CLI tests, which
+/// check every field of the files they write against the reference).
+#[test]
+fn documented_output_fields_exist_in_the_code() {
+    fn sources(dir: &std::path::Path, text: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, text);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                text.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    sources(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        &mut code,
+    );
+    let text = doc("docs/reference.md");
+    let outputs = text
+        .split("\n## Output files")
+        .nth(1)
+        .expect("an Output files section");
+    let mut checked = 0;
+    for cell in outputs.lines().filter_map(|l| l.strip_prefix("| `")) {
+        let field = cell.split('`').next().unwrap();
+        let name = field
+            .rsplit(['.', ':'])
+            .next()
+            .unwrap()
+            .trim_end_matches("[]");
+        let named = [
+            format!("\"{name}\""),
+            format!("{name}:"),
+            format!("{name},"),
+            format!(" {name}\n"),
+        ]
+        .iter()
+        .any(|p| code.contains(p.as_str()));
+        assert!(
+            named,
+            "docs/reference.md documents `{field}`, but no code names `{name}`"
+        );
+        checked += 1;
+    }
+    assert!(checked > 500, "{checked} fields");
+}
+
+/// README's performance table is what its results files say: each side's time is the median
+/// over rounds of each round's median (`results/bench/noisegeom-cpu.json`,
+/// `pytorch-cpu.json`), and the ratio PyTorch's time over ours for training, ours over
+/// PyTorch's otherwise, as README states.
+#[test]
+fn readme_performance_table_matches_its_results_files() {
+    let medians = |file: &str| -> std::collections::BTreeMap<String, f64> {
+        let v: serde_json::Value = serde_json::from_str(&doc(file)).unwrap();
+        let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        for t in v["timings"].as_array().unwrap() {
+            per.entry(t["workload"].as_str().unwrap().to_string())
+                .or_default()
+                .push(t["median_s"].as_f64().unwrap());
+        }
+        per.into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by(f64::total_cmp);
+                let m = if v.len() % 2 == 1 {
+                    v[v.len() / 2]
+                } else {
+                    (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+                };
+                (k, m)
+            })
+            .collect()
+    };
+    let ours = medians("results/bench/noisegeom-cpu.json");
+    let theirs = medians("results/bench/pytorch-cpu.json");
+    let readme = doc("README.md");
+    let table = readme
+        .split("\n## Performance")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut rows = 0;
+    for line in table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| workload"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let workload = cells[1].split_whitespace().next().unwrap();
+        let (a, b, ratio): (f64, f64, f64) = (
+            cells[2].parse().unwrap(),
+            cells[3].parse().unwrap(),
+            cells[4].parse().unwrap(),
+        );
+        let (o, t) = (ours[workload], theirs[workload]);
+        assert_eq!(format!("{o:.4}"), format!("{a:.4}"), "{workload}: ours");
+        assert_eq!(
+            format!("{t:.4}"),
+            format!("{b:.4}"),
+            "{workload}: PyTorch's"
+        );
+        let want = if workload.starts_with("train") {
+            t / o
+        } else {
+            o / t
+        };
+        assert_eq!(
+            format!("{want:.2}"),
+            format!("{ratio:.2}"),
+            "{workload}: ratio"
+        );
+        rows += 1;
+    }
+    assert_eq!(rows, 9, "README's performance rows");
+}
