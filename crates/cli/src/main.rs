@@ -1,5 +1,6 @@
 //! The `noisegeom` command line. It owns the terminal: results go to stdout, progress bars
 //! and logs to stderr, and every error is one line on stderr with a nonzero exit.
+//! Users: docs/guide.md (how-tos) and docs/reference.md (every key, flag and field).
 
 // The one crate allowed to write to the terminal (the library crates deny it).
 #![allow(clippy::print_stdout, clippy::print_stderr)]

@@ -1,4 +1,5 @@
 //! Datasets for noisegeom, held in host memory as plain `f32` rows.
+//! Users: docs/guide.md (how-tos) and docs/reference.md (every key, flag and field).
 //!
 //! Every dataset becomes a [`Dataset`]: `n` inputs of a fixed [`Dataset::input_shape`]
 //! (flattened row-major, so image models reshape to `[n, c, h, w]`), plus [`Targets`].

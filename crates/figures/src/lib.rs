@@ -1,5 +1,6 @@
 //! The paper's figures as experiments: each is a config file, one function that computes
 //! every plotted number, a results file (JSON) and a PNG + SVG.
+//! Users: docs/guide.md (how-tos) and docs/reference.md (every key, flag and field).
 //!
 //! - [`fig1`]: loss alignment μ across model sizes (Gaussian data).
 //! - [`fig2a`]: α_k against λ_k over every nonzero eigen-direction of linear models.

@@ -1,4 +1,5 @@
 //! Host kernels for noisegeom, and the typed capability that says which backend runs them.
+//! Users: docs/guide.md (how-tos) and docs/reference.md (every key, flag and field).
 //!
 //! - [`mod@gemm`]: matrix products on host memory through the `gemm` crate;
 //! - [`conv`]: a convolution from im2col patches, forward and backward, on host memory;

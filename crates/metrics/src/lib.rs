@@ -1,4 +1,5 @@
 //! The geometry engine: SGD-noise alignment with curvature, exact where affordable.
+//! Users: docs/guide.md (how-tos) and docs/reference.md (every key, flag and field).
 //!
 //! Everything is measured over a fixed probe set of n samples at parameters θ, for the square
 //! loss L(θ) = 1/(2n) Σ_i ||f(x_i; θ) − y_i||² (docs/definitions.md §1), and never forms a p×p matrix:

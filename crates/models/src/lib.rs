@@ -1,4 +1,5 @@
 //! Models for noisegeom, as burn modules generic over the backend.
+//! Users: docs/guide.md (how-tos) and docs/reference.md (every key, flag and field).
 //!
 //! Every model is a [`Net`]: a sequence of [`Stage`]s (affine, conv, Hadamard, activation,
 //! reshape) whose parametric layers are written from primitives that survive nested autodiff,

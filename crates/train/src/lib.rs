@@ -1,5 +1,6 @@
 //! Training for noisegeom: SGD (momentum, weight decay) under a learning-rate schedule that
-//! is a pure function of the step, writing a run directory:
+//! is a pure function of the step, writing a run directory (users: docs/guide.md and
+//! docs/reference.md):
 //!
 //! ```text
 //! RUN/config.toml      the resolved config (what actually ran)
