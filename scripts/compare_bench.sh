@@ -5,7 +5,8 @@
 # of the machine falls on both sides. Per side and workload the reported time is the
 # median of the rounds' medians (each round: a warm-up, then --repeats timed calls, in a
 # fresh process, so each peak-memory figure is that workload's own). Prints the ratio table.
-# Usage: scripts/compare_bench.sh [--backend cpu|wgpu] [--repeats N] [--rounds R]
+# Usage: scripts/compare_bench.sh [--backend cpu|wgpu] [--repeats N] [--rounds R] [--bin PATH]
+# (--bin: a prebuilt noisegeom binary; without it the script builds one with cargo.)
 # Writes results/bench/noisegeom-<backend>.json, results/bench/pytorch-<device>.json (every
 # round's timings) and results/bench/compare-<backend>.md.
 set -euo pipefail
@@ -14,19 +15,23 @@ args="$*"
 backend=cpu
 repeats=5
 rounds=3
+bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --backend) backend="$2"; shift 2 ;;
     --repeats) repeats="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
-    *) echo "compare_bench: unknown argument $1 (use --backend, --repeats, --rounds)" >&2; exit 2 ;;
+    --bin) bin="$2"; shift 2 ;;
+    *) echo "compare_bench: unknown argument $1 (use --backend, --repeats, --rounds, --bin)" >&2; exit 2 ;;
   esac
 done
 device=cpu
 [ "$backend" = wgpu ] && device=cuda
 mkdir -p results/bench
-cargo build --release -p noisegeom
-bin="${CARGO_TARGET_DIR:-target}/release/noisegeom"
+if [ -z "$bin" ]; then
+  cargo build --release -p noisegeom
+  bin="${CARGO_TARGET_DIR:-target}/release/noisegeom"
+fi
 ours="results/bench/noisegeom-$backend.json"
 theirs="results/bench/pytorch-$device.json"
 # Workloads both sides run, and ours alone (the alternative routes to Jv and Hv).
