@@ -91,6 +91,42 @@ pub fn device_limits() -> String {
     String::new()
 }
 
+/// Where cubecl logs the kernels it compiles and launches (`bench --kernel-counts`); set
+/// before the first wgpu device starts.
+#[cfg(feature = "wgpu")]
+static KERNEL_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Turns on cubecl's compilation log and its launch log (no timing, so no added sync) in
+/// `dir`, for [`kernel_counts`]. Without wgpu in the build this does nothing.
+pub fn log_kernels(dir: std::path::PathBuf) {
+    #[cfg(feature = "wgpu")]
+    let _ = KERNEL_LOG.set(dir);
+    #[cfg(not(feature = "wgpu"))]
+    let _ = dir;
+}
+
+/// The kernels compiled and launched so far, from cubecl's logs; `None` unless
+/// [`log_kernels`] turned them on. The logs are written by a background task: this waits
+/// briefly for it (outside any timed region).
+pub fn kernel_counts() -> Option<(u64, u64)> {
+    #[cfg(feature = "wgpu")]
+    {
+        let dir = KERNEL_LOG.get()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let count = |file: &str, marker: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .map(|t| t.lines().filter(|l| l.contains(marker)).count() as u64)
+                .unwrap_or(0)
+        };
+        Some((
+            count("compilations.log", "[Compiling kernel]"),
+            count("launches.log", "Executing"),
+        ))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    None
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu_run<J: Job>(job: J) -> anyhow::Result<J::Output> {
     use burn::backend::Wgpu;
@@ -104,6 +140,16 @@ fn wgpu_run<J: Job>(job: J) -> anyhow::Result<J::Output> {
         // memory pool and never frees a finished thread's (tracel-ai/burn#4792): one stream.
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
         config.streaming.max_streams = 1;
+        if let Some(dir) = KERNEL_LOG.get() {
+            let logger = |file: &str, level: &str| {
+                format!(
+                    "file = {:?}\nlevel = \"{level}\"",
+                    dir.join(file).display().to_string()
+                )
+            };
+            config.compilation.logger = toml::from_str(&logger("compilations.log", "basic"))?;
+            config.profiling.logger = toml::from_str(&logger("launches.log", "minimal"))?;
+        }
         CubeClRuntimeConfig::set(config);
         // cubecl asks the adapter for its own limits (not wgpu's defaults); read them back.
         let setup = init_setup::<AutoGraphicsApi>(&device, RuntimeOptions::default());

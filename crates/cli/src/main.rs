@@ -10,6 +10,8 @@
 
 mod backend;
 mod cmd;
+#[cfg(test)]
+mod doc_commands;
 mod env;
 mod malloc;
 mod progress;
@@ -159,6 +161,10 @@ enum Command {
         /// Also write the timings as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// On wgpu, count the kernels cubecl compiles (in the warm-up and in the timed calls)
+        /// and launches per call, from its logs (which cost a little time per launch).
+        #[arg(long)]
+        kernel_counts: bool,
     },
     /// Inspect datasets.
     Data {
@@ -404,7 +410,14 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             repeats,
             probe_size,
             json,
+            kernel_counts,
         } => {
+            let logs =
+                std::env::temp_dir().join(format!("noisegeom-kernels-{}", std::process::id()));
+            if kernel_counts {
+                std::fs::create_dir_all(&logs)?;
+                backend::log_kernels(logs.clone());
+            }
             anyhow::ensure!(
                 probe_size >= 1,
                 "--probe-size 0: the geometry workloads need at least one probe sample"
@@ -425,6 +438,9 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                     probe_size,
                 };
                 all.extend(dispatch(*b, precision, job)?);
+            }
+            if kernel_counts {
+                let _ = std::fs::remove_dir_all(&logs);
             }
             if let Some(path) = json {
                 let doc = serde_json::json!({"env": env::env_info("several", 0, &std::env::args().collect::<Vec<_>>()), "timings": all});

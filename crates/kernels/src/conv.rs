@@ -388,7 +388,7 @@ pub fn im2col<B: Backend>(x: Tensor<B, 4>, g: ConvGeom, ones: bool) -> Tensor<B,
     let dims = x.dims();
     let device = x.device();
     let (ho, wo) = (g.out_len(dims[2]), g.out_len(dims[3]));
-    let data = x.detach().into_data();
+    let data = crate::read(x.detach());
     // Read in place: the activations are not copied before the patches are built.
     let values = data
         .as_slice::<B::FloatElem>()

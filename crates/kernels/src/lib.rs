@@ -5,7 +5,9 @@
 //! - [`conv`]: a convolution from im2col patches, forward and backward, on host memory;
 //! - [`flex`]: autodiff ops of their own on `Autodiff<Flex>`, the trainer's CPU backend,
 //!   built on the two;
-//! - [`sgd`]: the SGD update in one pass over host memory.
+//! - [`sgd`]: the SGD update in one pass over host memory;
+//! - [`read`]: every read of a tensor into host memory goes through it, counted (on a GPU
+//!   each read waits for the device: a host sync).
 //!
 //! [`Kernels`] is the dispatch point. Every backend the suite runs on implements it, and its
 //! implementation says what that backend provides: models call [`Kernels::dense`] and
@@ -21,9 +23,30 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{BasicOps, Tensor, TensorData, TensorPrimitive};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use conv::ConvGeom;
+
+static HOST_READS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads a tensor into host memory and counts the read: on a GPU each one waits for the
+/// device to finish the work queued before it (a host sync). The crates of the suite read
+/// tensors only through this, so [`host_reads`] counts every sync they cause.
+pub fn read<B: Backend, const D: usize, K: BasicOps<B>>(t: Tensor<B, D, K>) -> TensorData {
+    HOST_READS.fetch_add(1, Ordering::Relaxed);
+    t.into_data()
+}
+
+/// A one-element float tensor (a loss, a sum) read into host memory as f64, counted.
+pub fn read_scalar<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
+    read(t).iter::<f64>().next().unwrap_or(f64::NAN)
+}
+
+/// How many reads [`read`] has made in this process so far.
+pub fn host_reads() -> u64 {
+    HOST_READS.load(Ordering::Relaxed)
+}
 
 /// What a forward pass will go through, which decides the ops its layers may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -98,16 +98,21 @@ pub fn flat_grad<A: AutodiffKernels, M: Module<A>>(
     Tensor::cat(c.out, 0)
 }
 
-/// acc += the gradient of every parameter of an autodiff module, in flat-θ order, read back
-/// tensor by tensor (no concatenated copy on the device). A matrix's gradient is read
-/// through its transpose: for x·Wᵀ the backward leaves it as a transposed view, whose
-/// transpose is contiguous, so the transposition is done on the host, in cache-sized
-/// blocks, as it is added.
+/// acc += the gradient of every parameter of an autodiff module, in flat-θ order. On a
+/// host backend it is read back tensor by tensor (no concatenated copy): a matrix's gradient
+/// is read through its transpose (for x·Wᵀ the backward leaves it as a transposed view,
+/// whose transpose is contiguous), and the transposition is done on the host, in
+/// cache-sized blocks, as it is added. On a device backend, where each read is a host sync,
+/// the gradients are concatenated on the device and read once.
 pub fn add_grad_to_host<A: AutodiffKernels, M: Module<A>>(
     acc: &mut [f64],
     module: &M,
     grads: &A::Gradients,
 ) {
+    if !A::HOST_MEMORY {
+        add_data(acc, noisegeom_kernels::read(flat_grad(module, grads)), None);
+        return;
+    }
     struct Add<'a, A: AutodiffKernels> {
         grads: &'a A::Gradients,
         acc: &'a mut [f64],
@@ -122,9 +127,13 @@ pub fn add_grad_to_host<A: AutodiffKernels, M: Module<A>>(
             let Some(g) = t.grad(self.grads) else { return };
             let dims: Vec<usize> = g.dims().to_vec();
             if D == 2 {
-                add_data(dst, g.swap_dims(0, 1).into_data(), Some((dims[0], dims[1])));
+                add_data(
+                    dst,
+                    noisegeom_kernels::read(g.swap_dims(0, 1)),
+                    Some((dims[0], dims[1])),
+                );
             } else {
-                add_data(dst, g.into_data(), None);
+                add_data(dst, noisegeom_kernels::read(g), None);
             }
         }
     }
@@ -209,7 +218,7 @@ pub fn to_device2<B: Kernels>(
 /// A device tensor back to host f64, row-major. f32 and f64 data are read as slices (burn's
 /// generic `iter` goes through a boxed iterator, element by element).
 pub fn to_host<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    with_slice!(t.into_data(), s => s.iter().map(|&x| widen(x)).collect())
+    with_slice!(noisegeom_kernels::read(t), s => s.iter().map(|&x| widen(x)).collect())
 }
 
 /// f32 or f64 to f64 (a generic function, so that the f64 instance is no lint's concern).

@@ -229,7 +229,8 @@ pub fn flatten<B: Backend, M: Module<B>>(module: &M) -> Vec<f64> {
     struct Collect(Vec<f64>);
     impl<B: Backend> ModuleVisitor<B> for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.extend(param.val().into_data().iter::<f64>());
+            self.0
+                .extend(noisegeom_kernels::read(param.val()).iter::<f64>());
         }
     }
     let mut c = Collect(Vec::with_capacity(module.num_params()));

@@ -70,7 +70,9 @@ impl<B: Kernels> Sgd<B> {
                         Some([r, c]) => b.flat.clone().reshape([c, r]).transpose().reshape([r * c]),
                         None => b.flat.clone(),
                     };
-                    flat.to_data().iter::<f64>().collect::<Vec<_>>()
+                    noisegeom_kernels::read(flat)
+                        .iter::<f64>()
+                        .collect::<Vec<_>>()
                 })
                 .collect(),
         )
@@ -268,9 +270,9 @@ fn update_on_host<B: Kernels, const D: usize>(
     lr: f64,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
     let (device, dtype) = (theta.device(), theta.dtype());
-    let mut t = theta.into_data();
-    let g = g.into_data();
-    let mut b = prev.map(Tensor::into_data);
+    let mut t = noisegeom_kernels::read(theta);
+    let g = noisegeom_kernels::read(g);
+    let mut b = prev.map(noisegeom_kernels::read);
     let step = SgdStep {
         lr,
         momentum: c.momentum,

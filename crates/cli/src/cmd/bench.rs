@@ -1,10 +1,10 @@
 //! `noisegeom bench`: timed workloads, each with a warm-up and the median of several
 //! repeats. Compilation and autotuning happen in the warm-up and are reported apart.
 
-use noisegeom_kernels::AutodiffKernels;
+use noisegeom_kernels::{AutodiffKernels, Kernels};
 use std::time::Instant;
 
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use noisegeom_models::{Activation, ModelConfig, Pass, autodiff_lock, mse};
 use noisegeom_train::{Sgd, SgdConfig};
 use serde::Serialize;
@@ -16,7 +16,8 @@ use crate::backend::Job;
 pub struct Timing {
     pub workload: String,
     pub backend: String,
-    /// The first (warm-up) call, which includes kernel compilation and autotuning.
+    /// The warm-up (the first call; the first two on a device backend), which includes
+    /// kernel compilation and autotuning.
     pub warmup_s: f64,
     pub median_s: f64,
     pub min_s: f64,
@@ -28,7 +29,28 @@ pub struct Timing {
     /// Peak resident memory of the process during this workload (Linux: VmHWM, reset
     /// before each workload through /proc/self/clear_refs), host memory only.
     pub peak_rss_mb: Option<f64>,
+    /// Reads of a tensor into host memory per timed call (on a GPU each is a host sync),
+    /// counted by `noisegeom_kernels::read`.
+    pub host_reads_per_call: f64,
+    /// Kernels cubecl compiled and launched (wgpu with `--kernel-counts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelCounts>,
 }
+
+/// The kernels cubecl compiled and launched for a workload, from its own logs: compilations
+/// in the warm-up and in the timed calls (where a compiled-once kernel makes 0), and
+/// launches per timed call.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KernelCounts {
+    pub compiled_in_warmup: u64,
+    pub compiled_in_timed: u64,
+    pub launches_per_call: f64,
+}
+
+/// The counts of the last [`time_it`] (host reads per call, and the kernel counts with
+/// logs on), for the workload that called it.
+static LAST_COUNTS: std::sync::Mutex<(f64, Option<KernelCounts>)> =
+    std::sync::Mutex::new((0.0, None));
 
 impl Timing {
     /// A workload's timing from its warm-up and its sorted repeats; `work` units per run.
@@ -45,6 +67,8 @@ impl Timing {
             throughput: work / median,
             unit: unit.into(),
             peak_rss_mb: None,
+            host_reads_per_call: 0.0,
+            kernels: None,
         }
     }
 }
@@ -85,10 +109,20 @@ pub const HEAVY_WORKLOADS: &[&str] = &["mu-cnn-4096"];
 /// Probe samples for the geometry workloads.
 pub const GEOMETRY_N: usize = 1024;
 
-fn time_it(repeats: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
+/// The warm-up's time and the sorted times of `repeats` more calls of `f`; with kernel logs
+/// on, the kernels compiled and launched in each part (read outside the timed calls); the
+/// host reads per timed call always. On a device backend the warm-up is two calls: burn's
+/// fusion records the first call's ops and compiles its fused kernels in the second (the
+/// kernel log showed 5 compilations per step in the first timed call after one warm-up).
+fn time_it<B: Kernels>(repeats: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
+    let c0 = crate::backend::kernel_counts();
     let t = Instant::now();
-    f();
+    for _ in 0..if B::HOST_MEMORY { 1 } else { 2 } {
+        f();
+    }
     let warm = t.elapsed().as_secs_f64();
+    let c1 = crate::backend::kernel_counts();
+    let r1 = noisegeom_kernels::host_reads();
     let mut times: Vec<f64> = (0..repeats)
         .map(|_| {
             let t = Instant::now();
@@ -97,6 +131,16 @@ fn time_it(repeats: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
         })
         .collect();
     times.sort_by(f64::total_cmp);
+    let reads = (noisegeom_kernels::host_reads() - r1) as f64 / repeats.max(1) as f64;
+    let kernels = match (c0, c1, crate::backend::kernel_counts()) {
+        (Some(a), Some(b), Some(c)) => Some(KernelCounts {
+            compiled_in_warmup: b.0 - a.0,
+            compiled_in_timed: c.0 - b.0,
+            launches_per_call: (c.1 - b.1) as f64 / repeats.max(1) as f64,
+        }),
+        _ => None,
+    };
+    *LAST_COUNTS.lock().expect("not poisoned") = (reads, kernels);
     (warm, times)
 }
 
@@ -144,6 +188,12 @@ impl Job for BenchJob {
             noisegeom_data::mem::reset_peak();
             let mut t = self.workload::<B>(w, &device, backend)?;
             t.peak_rss_mb = peak_rss_mb();
+            (t.host_reads_per_call, t.kernels) =
+                std::mem::take(&mut *LAST_COUNTS.lock().expect("not poisoned"));
+            if B::HOST_MEMORY {
+                // No kernels are compiled or launched on a host backend.
+                t.kernels = None;
+            }
             out.push(t);
         }
         Ok(out)
@@ -163,8 +213,8 @@ impl BenchJob {
                 // [1024, 512] x [512, 1024]: the machine's matmul rate, for context.
                 let a = Tensor::<B::InnerBackend, 2>::ones([1024, 512], &device);
                 let b = Tensor::<B::InnerBackend, 2>::ones([512, 1024], &device);
-                let (warm, times) = time_it(self.repeats.max(20), || {
-                    let _ = a.clone().matmul(b.clone()).narrow(0, 0, 1).into_data();
+                let (warm, times) = time_it::<B>(self.repeats.max(20), || {
+                    let _ = noisegeom_kernels::read(a.clone().matmul(b.clone()).narrow(0, 0, 1));
                 });
                 let flop = 2.0 * 1024.0 * 512.0 * 1024.0;
                 return Ok(Timing::new(w, backend, warm, &times, flop / 1e9, "GFLOP/s"));
@@ -190,14 +240,14 @@ impl BenchJob {
                 weight_decay: 0.0,
             });
             let mut sink = 0.0;
-            let (warm, times) = time_it(self.repeats, || {
+            let (warm, times) = time_it::<B>(self.repeats, || {
                 let _graph = autodiff_lock();
                 let m = model.take().expect("model");
                 let loss = mse(m.forward_pass(x.clone(), Pass::Train), y.clone());
                 // Read the step's loss back: this waits for the device (and for the previous
                 // step's update, which the forward depends on), so each timed call is a whole
                 // step. The trainer reads losses only when its log needs them.
-                sink += loss.clone().into_scalar().elem::<f64>();
+                sink += noisegeom_kernels::read_scalar(loss.clone());
                 let grads = loss.backward();
                 model = Some(sgd.step(m, grads, 0.01));
             });
@@ -217,8 +267,15 @@ impl BenchJob {
 /// A text table with, per workload, each backend's median and its ratio to the first.
 pub fn table(all: &[Timing]) -> String {
     let mut s = format!(
-        "{:<22} {:<28} {:>10} {:>12} {:>10} {:>10} {:>14}\n",
-        "workload", "backend", "warmup s", "median s", "ratio", "peak MB", "throughput"
+        "{:<22} {:<28} {:>10} {:>12} {:>10} {:>10} {:>10} {:>14}\n",
+        "workload",
+        "backend",
+        "warmup s",
+        "median s",
+        "ratio",
+        "peak MB",
+        "reads/call",
+        "throughput"
     );
     for t in all {
         let base = all
@@ -226,14 +283,24 @@ pub fn table(all: &[Timing]) -> String {
             .find(|b| b.workload == t.workload)
             .map(|b| b.median_s)
             .unwrap_or(t.median_s);
+        let kernels = t
+            .kernels
+            .map(|k| {
+                format!(
+                    "   compiled {} + {} (warm-up + timed), {:.0} launches per call",
+                    k.compiled_in_warmup, k.compiled_in_timed, k.launches_per_call
+                )
+            })
+            .unwrap_or_default();
         s += &format!(
-            "{:<22} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>9.0} {}\n",
+            "{:<22} {:<28} {:>10.3} {:>12.4} {:>10.2} {:>10} {:>10.0} {:>9.0} {}{kernels}\n",
             t.workload,
             t.backend,
             t.warmup_s,
             t.median_s,
             t.median_s / base,
             t.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}")),
+            t.host_reads_per_call,
             t.throughput,
             t.unit
         );
@@ -281,19 +348,19 @@ fn geometry<B: AutodiffKernels>(
     // rate over the whole workload's time, to set against `sgemm`'s.
     let mut product_flops = None;
     let (warm, times) = match w {
-        "jv-fnn" => time_it(repeats, || sink += ops.jvp(&v)[0]),
-        "jv-double-vjp-fnn" => time_it(repeats, || sink += ops.jvp_double_vjp(&v)[0]),
-        "gv-fnn" => time_it(repeats, || sink += ops.gv(&v)[0]),
-        "hv-fnn" => time_it(repeats, || sink += ops.hv(&v)[0]),
-        "hv-double-backward-fnn" => time_it(repeats, || sink += ops.hv_double_backward(&v)[0]),
-        "lanczos-fnn" => time_it(repeats, || {
+        "jv-fnn" => time_it::<B>(repeats, || sink += ops.jvp(&v)[0]),
+        "jv-double-vjp-fnn" => time_it::<B>(repeats, || sink += ops.jvp_double_vjp(&v)[0]),
+        "gv-fnn" => time_it::<B>(repeats, || sink += ops.gv(&v)[0]),
+        "hv-fnn" => time_it::<B>(repeats, || sink += ops.hv(&v)[0]),
+        "hv-double-backward-fnn" => time_it::<B>(repeats, || sink += ops.hv_double_backward(&v)[0]),
+        "lanczos-fnn" => time_it::<B>(repeats, || {
             sink += lanczos(ops.p, &mut |u| ops.gv(u), 10, 30, 0, 1e-4).top[0].value
         }),
-        "gram-mu-fnn" => time_it(repeats, || {
+        "gram-mu-fnn" => time_it::<B>(repeats, || {
             let k = gram(&ops, n, 8 << 30).expect("fits");
             sink += exact_alignment(&k, ops.residuals()).g_fro2
         }),
-        "mu-fnn" => time_it(repeats, || {
+        "mu-fnn" => time_it::<B>(repeats, || {
             let budget = FeatureBudget::strict(8 << 30);
             let (la, work) = exact_alignment_streamed_work(&ops, n, TILE, budget).expect("fits");
             product_flops = Some(work.product_flops);
@@ -311,7 +378,7 @@ fn geometry<B: AutodiffKernels>(
             let s = t.elapsed().as_secs_f64();
             (s, vec![s])
         }
-        "alpha-fnn" => time_it(repeats, || {
+        "alpha-fnn" => time_it::<B>(repeats, || {
             for q in ops.quad_forms_many(&dirs) {
                 sink += q.sigma();
             }

@@ -80,8 +80,8 @@ impl<'a, B: Kernels> Products<'a, B> {
             ) => {
                 let mirror = !diag && *si && *sj;
                 let source = if host {
-                    let rows = di.clone().into_data();
-                    let cols = (!diag).then(|| dj.clone().into_data());
+                    let rows = noisegeom_kernels::read(di.clone());
+                    let cols = (!diag).then(|| noisegeom_kernels::read(dj.clone()));
                     Source::Host {
                         rows,
                         cols,
@@ -95,7 +95,9 @@ impl<'a, B: Kernels> Products<'a, B> {
             (Feature::Rows(ri), Feature::Rows(rj)) if !diag => {
                 let ([m, k], [n, _]) = (ri.dims(), rj.dims());
                 *flops += product_flops(m, n, k);
-                Products::Whole(ri.clone().matmul(rj.clone().transpose()).into_data())
+                Products::Whole(noisegeom_kernels::read(
+                    ri.clone().matmul(rj.clone().transpose()),
+                ))
             }
             (Feature::Rows(ri), Feature::Rows(rj)) => per_output(Source::Device(ri, rj), false),
             _ => unreachable!("same layers in every chunk"),
@@ -129,11 +131,11 @@ impl<'a, B: Kernels> Products<'a, B> {
         };
         match source {
             Source::Device(ri, rj) => {
-                let p = ri
-                    .clone()
-                    .narrow(0, o * bi, bi)
-                    .matmul(rj.clone().narrow(0, from * bj, width).transpose())
-                    .into_data();
+                let p = noisegeom_kernels::read(
+                    ri.clone()
+                        .narrow(0, o * bi, bi)
+                        .matmul(rj.clone().narrow(0, from * bj, width).transpose()),
+                );
                 if slot < outs.len() {
                     outs[slot] = p;
                 } else {

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{ElementConversion, Tensor};
 use noisegeom_models::{AutodiffKernels, DeviceSet, Kernels, Net, flatten, mse};
 use serde_json::json;
 
@@ -95,12 +95,12 @@ pub fn evaluate<B: Kernels>(
         let (x, y) = set.range(start, len);
         let out = net.forward(x);
         let b = len as f64;
-        sq += mse(out.clone(), y.clone()).into_scalar().elem::<f64>() * b;
+        sq += noisegeom_kernels::read_scalar(mse(out.clone(), y.clone())) * b;
         if loss == LossKind::CrossEntropy {
-            ce += cross_entropy(out.clone(), y).into_scalar().elem::<f64>() * b;
+            ce += noisegeom_kernels::read_scalar(cross_entropy(out.clone(), y)) * b;
         }
         if let Some(labels) = &set.labels {
-            let pred = out.argmax(1).into_data();
+            let pred = noisegeom_kernels::read(out.argmax(1));
             correct += pred
                 .iter::<i64>()
                 .zip(&labels[start..start + len])

@@ -112,7 +112,9 @@ impl<B: Backend> Losses<B> {
             .iter()
             .flat_map(|p| p.parts.iter().cloned())
             .collect();
-        let values: Vec<f64> = Tensor::cat(all, 0).into_data().iter::<f64>().collect();
+        let values: Vec<f64> = noisegeom_kernels::read(Tensor::cat(all, 0))
+            .iter::<f64>()
+            .collect();
         let log_err = |source| TrainError::Io {
             path: sink.log_path.to_path_buf(),
             source,
