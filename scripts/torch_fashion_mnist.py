@@ -3,7 +3,7 @@
 Fashion-MNIST in PyTorch, then convert and measure it with scripts/from_torch.py.
 
     python3 scripts/torch_fashion_mnist.py [--data /usr/share/datasets/fashion-mnist] \
-        [--out results/byom/fashion-mnist] [--epochs 1] [--probe 512]
+        [--out results/byom/fashion-mnist] [--epochs 1] [--probe 512] [--train-size N]
 
 Writes OUT/state_dict.pt, OUT/probe_x.pt, OUT/probe_labels.pt,
 then from_torch.py's arch.toml, weights.safetensors, probe.safetensors, outputs.json and
@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--out", default="results/byom/fashion-mnist")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--probe", type=int, default=512)
+    ap.add_argument("--train-size", type=int, default=None, help="train on the first N samples only (a smoke test)")
     ap.add_argument("--noisegeom", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -71,6 +72,8 @@ def main():
         return torch.from_numpy((x - 0.2860) / 0.3530).unsqueeze(1), torch.from_numpy(y)
 
     xtr, ytr = load("train")
+    if args.train_size is not None:
+        xtr, ytr = xtr[: args.train_size], ytr[: args.train_size]
     xte, yte = load("t10k")
     net = make_model()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)

@@ -510,11 +510,7 @@ print("checked")
 /// `torch` is not importable.
 #[test]
 fn a_pytorch_model_measures_like_pytorch_in_f64() {
-    let has_torch = std::process::Command::new("python3")
-        .args(["-c", "import torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_torch {
+    if !crate::support::has_torch() {
         crate::support::skipped(
             "a_pytorch_model_measures_like_pytorch_in_f64",
             "python3 cannot import torch (pip install torch to run it)",

@@ -6,6 +6,8 @@ mod bad_inputs;
 mod byom;
 /// Training on files in the official CIFAR-10 binary format; `data info`.
 mod cifar_format;
+/// Every command README.md and the guide show, run at quick sizes.
+mod docs;
 /// `figure NAME --quick`: smoke tests of the paper's figures.
 mod figures;
 /// `measure` and `export`.

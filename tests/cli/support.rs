@@ -240,3 +240,11 @@ pub fn assert_run_documented(run: &Path) {
         assert_documented(heading, &paths);
     }
 }
+
+/// Whether `python3` can import torch (the PyTorch tests skip without it).
+pub fn has_torch() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

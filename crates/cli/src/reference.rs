@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use clap::CommandFactory;
 
 use crate::Cli;
+use crate::doc_commands::{documented_commands, simple_commands};
 
 fn doc(name: &str) -> String {
     let path = format!("{}/../../{name}", env!("CARGO_MANIFEST_DIR"));
@@ -90,41 +91,6 @@ fn the_flag_reference_matches_the_command_line() {
     }
 }
 
-/// The `noisegeom …` (or `cargo run --release -- …`) commands in the fenced shell blocks of
-/// README.md and the guide, joined across `\` line ends, without comments.
-fn documented_commands(name: &str) -> Vec<String> {
-    let text = doc(name);
-    let mut out = Vec::new();
-    let mut fenced = false;
-    let mut current = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with("```") {
-            fenced = t.len() > 3 && (t.contains("sh") || t.contains("bash")) && !fenced;
-            continue;
-        }
-        if !fenced {
-            continue;
-        }
-        let code = t.split(" #").next().unwrap_or(t).trim();
-        let code = match code.strip_prefix("cargo run --release -- ") {
-            Some(rest) => format!("noisegeom {rest}"),
-            None => code.to_string(),
-        };
-        if current.is_empty() && !code.starts_with("noisegeom ") {
-            continue;
-        }
-        match code.strip_suffix('\\') {
-            Some(head) => current.push_str(&format!("{head} ")),
-            None => {
-                current.push_str(&code);
-                out.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    out
-}
-
 /// Every command README.md and docs/guide.md show parses with today's flags (a renamed or
 /// removed flag fails here); the tests and CI run what is cheap to run of them.
 #[test]
@@ -133,12 +99,7 @@ fn documented_commands_parse() {
     for file in ["README.md", "docs/guide.md"] {
         let commands: Vec<String> = documented_commands(file)
             .iter()
-            .flat_map(|c| {
-                c.split(['&', ';', '|'])
-                    .map(str::trim)
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|c| simple_commands(c))
             .filter(|c| c.starts_with("noisegeom "))
             .collect();
         for cmd in commands {

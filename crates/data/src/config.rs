@@ -23,6 +23,31 @@ pub enum Source {
     Gaussian,
 }
 
+impl Source {
+    /// The file source a folder holds: CIFAR-10 binary files (also in a
+    /// `cifar-10-batches-bin` subfolder), or IDX files (`…idx3-ubyte[.gz]`), read as
+    /// Fashion-MNIST when the folder's path names it and as MNIST otherwise. `None` when it
+    /// holds neither.
+    pub fn detect(dir: &Path) -> Option<Source> {
+        if let Ok(cifar) = cifar10::resolve_dir(dir)
+            && (cifar.join(cifar10::TEST_FILE).exists()
+                || cifar.join(cifar10::TRAIN_FILES[0]).exists())
+        {
+            return Some(Source::Cifar10);
+        }
+        let idx = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("idx3-ubyte"));
+        let fashion = dir.to_string_lossy().to_lowercase().contains("fashion");
+        idx.then_some(if fashion {
+            Source::FashionMnist
+        } else {
+            Source::Mnist
+        })
+    }
+}
+
 /// The `[data]` table. Keys that do not apply to the chosen `source` are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,10 +98,16 @@ pub struct Prepared {
 impl DataConfig {
     /// The same subsets and normalisation on another file source (`--dataset`; `None` keeps
     /// this one): the keys that only synthetic sources take are dropped, and `dir` replaces
-    /// the folder.
+    /// the folder. A folder given without a source to a synthetic config (a figure's
+    /// `--quick --data DIR`) is read as what it holds ([`Source::detect`]).
     pub fn with_source(&self, source: Option<Source>, dir: Option<PathBuf>) -> DataConfig {
+        let synthetic = matches!(self.source, Source::SyntheticImages | Source::Gaussian);
+        let detected = match (&source, &dir) {
+            (None, Some(d)) if synthetic => Source::detect(d),
+            _ => None,
+        };
         DataConfig {
-            source: source.unwrap_or(self.source),
+            source: source.or(detected).unwrap_or(self.source),
             dir,
             n_train: None,
             n_test: None,

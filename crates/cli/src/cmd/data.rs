@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-use noisegeom_data::{Dataset, cifar10, idx};
+use noisegeom_data::{Dataset, Source, cifar10, idx};
 
 /// Recognises CIFAR-10 binary or IDX files in `path` and describes both splits.
 pub fn info(path: &Path) -> anyhow::Result<String> {
@@ -13,37 +12,28 @@ pub fn info(path: &Path) -> anyhow::Result<String> {
             path.display()
         );
     }
-    let cifar = cifar10::resolve_dir(path)?;
-    let looks_cifar =
-        cifar.join(cifar10::TEST_FILE).exists() || cifar.join(cifar10::TRAIN_FILES[0]).exists();
-    let (name, train, test) = if looks_cifar {
-        (
+    let (name, train, test) = match Source::detect(path) {
+        Some(Source::Cifar10) => (
             "CIFAR-10 (official binary version)",
             cifar10::load(path, cifar10::Split::Train)?,
             cifar10::load(path, cifar10::Split::Test)?,
-        )
-    } else {
-        let has_idx = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().contains("idx3-ubyte"));
-        if !has_idx {
-            anyhow::bail!(
-                "{} holds neither CIFAR-10 binary files (data_batch_1.bin …) nor IDX files (train-images-idx3-ubyte[.gz] …)",
-                path.display()
-            );
-        }
-        let fashion = path.to_string_lossy().to_lowercase().contains("fashion");
-        let label = if fashion { "fashion-mnist" } else { "mnist" };
-        (
-            if fashion {
-                "Fashion-MNIST (IDX)"
+        ),
+        Some(s @ (Source::FashionMnist | Source::Mnist)) => {
+            let (name, label) = if s == Source::FashionMnist {
+                ("Fashion-MNIST (IDX)", "fashion-mnist")
             } else {
-                "MNIST-style IDX"
-            },
-            idx::load(path, idx::Split::Train, label)?,
-            idx::load(path, idx::Split::Test, label)?,
-        )
+                ("MNIST-style IDX", "mnist")
+            };
+            (
+                name,
+                idx::load(path, idx::Split::Train, label)?,
+                idx::load(path, idx::Split::Test, label)?,
+            )
+        }
+        _ => anyhow::bail!(
+            "{} holds neither CIFAR-10 binary files (data_batch_1.bin …) nor IDX files (train-images-idx3-ubyte[.gz] …)",
+            path.display()
+        ),
     };
     let describe = |split: &str, ds: &Dataset| {
         let counts = ds
