@@ -16,7 +16,7 @@ use std::path::Path;
 #[path = "../../crates/cli/src/doc_commands.rs"]
 mod doc_commands;
 
-use crate::support::{has_torch, noisegeom, root, skipped, write_cifar};
+use crate::support::{DEBIAN_FASHION_MNIST, has_torch, noisegeom, root, skipped, write_cifar};
 use doc_commands::{documented_commands, simple_commands};
 
 /// Commands that are not `noisegeom`, and where they are run instead.
@@ -156,10 +156,10 @@ fn every_documented_command_runs() {
         for line in documented_commands(file) {
             for cmd in simple_commands(&line) {
                 if cmd.starts_with("python3 scripts/torch_fashion_mnist.py") {
-                    if !has_torch() {
+                    if !has_torch() || !Path::new(DEBIAN_FASHION_MNIST).is_dir() {
                         skipped(
                             "every_documented_command_runs",
-                            &format!("`{cmd}`: no torch"),
+                            &format!("`{cmd}`: needs torch and the Debian Fashion-MNIST files"),
                         );
                         continue;
                     }
@@ -196,6 +196,15 @@ fn every_documented_command_runs() {
                     continue;
                 }
                 let words = quick(&cmd, &cifar);
+                let fashion = words.iter().any(|w| w.contains("fashion"))
+                    && !words.iter().any(|w| w == "--data");
+                if fashion && !Path::new(DEBIAN_FASHION_MNIST).is_dir() {
+                    skipped(
+                        "every_documented_command_runs",
+                        &format!("`{cmd}`: apt-get install dataset-fashion-mnist to run it"),
+                    );
+                    continue;
+                }
                 if words.iter().any(|w| w == "wgpu") && !wgpu {
                     skipped(
                         "every_documented_command_runs",

@@ -248,3 +248,6 @@ pub fn has_torch() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Where Debian's dataset-fashion-mnist puts the files (tests that need them skip without).
+pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";

@@ -3,7 +3,7 @@
 //! the suite passes on a machine with only Rust installed; CI installs Mesa's lavapipe so
 //! they run there.
 
-use crate::support::{run, skipped};
+use crate::support::{DEBIAN_FASHION_MNIST, run, skipped};
 
 /// Whether this machine has no wgpu adapter; if so, `test` is reported SKIPPED.
 fn no_adapter(test: &str) -> bool {
@@ -70,8 +70,6 @@ fn wgpu_training_matches_cpu_on_tiny_shapes() {
         );
     }
 }
-
-const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 /// The summary's test accuracy of a finished run.
 fn test_accuracy(dir: &std::path::Path) -> f64 {
