@@ -253,23 +253,36 @@ fn training_starts_from_given_weights() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--weights"));
 }
 
-/// A PyTorch-style state_dict (f32, f16, bf16, or renamed through --name-map) with a
-/// BatchNorm1d, and probe sets as safetensors or .npy pairs with integer labels.
-#[test]
-fn a_state_dict_with_batchnorm_and_probe_files_is_measured() {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    std::fs::write(p("arch.toml"), ARCH).unwrap();
+/// Writes `arch.toml` ([`ARCH`]), its `weights.safetensors` in `nn.Sequential` names and a
+/// `probe.safetensors` of 6 samples with integer labels into `dir`; returns the probe's x and
+/// labels.
+pub(crate) fn write_example(dir: &Path) -> (Vec<f64>, Vec<f64>) {
+    std::fs::write(dir.join("arch.toml"), ARCH).unwrap();
+    write_safetensors(
+        &dir.join("weights.safetensors"),
+        &refs(&state(&|n| n.to_string())),
+        "f32",
+    );
     let x = values(6 * 4, 9);
     let labels = vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0];
     write_safetensors(
-        Path::new(&p("probe.safetensors")),
+        &dir.join("probe.safetensors"),
         &[
             ("x", vec![6, 4], x.clone()),
             ("labels", vec![6], labels.clone()),
         ],
         "f32",
     );
+    (x, labels)
+}
+
+/// A PyTorch-style state_dict (f32, f16, bf16, or renamed through --name-map) with a
+/// BatchNorm1d, and probe sets as safetensors or .npy pairs with integer labels.
+#[test]
+fn a_state_dict_with_batchnorm_and_probe_files_is_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let (x, labels) = write_example(tmp.path());
     write_npy(Path::new(&p("x.npy")), &[6, 4], &x, "<f4");
     write_npy(Path::new(&p("y.npy")), &[6], &labels, "<i8");
     let arch = p("arch.toml");

@@ -101,30 +101,6 @@ fn quick(cmd: &str, cifar: &Path) -> Vec<String> {
     words
 }
 
-/// Writes the first `n` samples (rows of every tensor) of a safetensors file to `to`.
-fn first_samples(from: &Path, n: usize, to: &Path) {
-    let bytes = std::fs::read(from).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let cut: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, t)| {
-            let mut shape = t.shape().to_vec();
-            let row = t.data().len() / shape[0];
-            shape[0] = n;
-            (name, shape, t.dtype(), t.data()[..n * row].to_vec())
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = cut
-        .iter()
-        .map(|(name, shape, dtype, data)| {
-            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, to).unwrap();
-}
-
 #[test]
 fn every_documented_command_runs() {
     let scratch = tempfile::tempdir().unwrap();
@@ -150,7 +126,6 @@ fn every_documented_command_runs() {
             .stdout,
     )
     .contains("wgpu: adapter");
-    let byom = root().join("results/byom/fashion-mnist");
     let mut ran = 0;
     for file in ["README.md", "docs/guide.md"] {
         for line in documented_commands(file) {
@@ -222,16 +197,9 @@ fn every_documented_command_runs() {
                     );
                 }
                 if words.iter().any(|w| w == "arch.toml") {
-                    // The worked PyTorch example's files, as scripts/torch_fashion_mnist.py
-                    // writes them, with its probe set cut to its first 16 samples.
-                    for f in ["arch.toml", "weights.safetensors"] {
-                        std::fs::copy(byom.join(f), w.join(f)).unwrap();
-                    }
-                    first_samples(
-                        &byom.join("probe.safetensors"),
-                        16,
-                        &w.join("probe.safetensors"),
-                    );
+                    // A `sequential` architecture with its state_dict and probe file, as
+                    // scripts/torch_fashion_mnist.py writes them (a smaller net).
+                    crate::byom::write_example(w);
                 }
                 let out = noisegeom().current_dir(w).args(&words).output().unwrap();
                 assert!(
