@@ -486,6 +486,16 @@ impl<B: Kernels> Net<B> {
         self.forward_in(x, tap, Pass::Generic)
     }
 
+    /// The forward pass with a [`Tap`] on every parametric layer, in a [`Pass`].
+    pub fn forward_tapped<T: Tap<B>>(
+        &self,
+        x: Tensor<B, 2>,
+        tap: &mut T,
+        pass: Pass,
+    ) -> Tensor<B, 2> {
+        self.forward_in(x, tap, pass)
+    }
+
     /// The forward pass of a [`Pass`]: its layers may use the backend's host kernels.
     pub fn forward_pass(&self, x: Tensor<B, 2>, pass: Pass) -> Tensor<B, 2> {
         self.forward_in(x, &mut NoTap, pass)

@@ -107,6 +107,7 @@ impl Probe {
             k: s.k,
             iters: s.lanczos_iters,
             hessian: s.hessian,
+            warm_start: true,
             gram_max_bytes: (s.max_gram_gb * 1e9) as usize,
             hutchinson_samples: 64,
             seed: s.seed,

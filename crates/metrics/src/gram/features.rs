@@ -307,9 +307,13 @@ pub(super) fn autodiff_features<B: Kernels>(
         records: Vec::new(),
         copies: if late_copies { c } else { 1 },
     };
-    let out = ops
-        .net_frozen()
-        .forward_with(Tensor::<Ad<B>, 2>::from_inner(x), &mut tap);
+    // Differentiated once: the backend's first-order ops where it has them (on burn-flex,
+    // the convolution's input gradient from host patches, not burn's transposed conv).
+    let out = ops.net_frozen().forward_tapped(
+        Tensor::<Ad<B>, 2>::from_inner(x),
+        &mut tap,
+        Pass::FirstOrder,
+    );
     let sel = selection(c, b);
     let grads = (out
         * Tensor::<Ad<B>, 2>::from_data(TensorData::new(sel.clone(), [c * b, c]), &ops.device))
@@ -338,20 +342,21 @@ pub(super) fn autodiff_features<B: Kernels>(
             } => {
                 let delta = probe.grad(&grads).expect("probe reached");
                 let [rows, cout, h, w] = delta.dims();
-                let delta = delta.reshape([rows, cout, h * w]);
-                // Patches of the first copy, repeated for the c copies: [c·b, P, cin·k²].
+                let delta = delta.reshape([c, b, cout, h * w]);
+                // Patches of the first copy, [1, b, P, cin·k²], broadcast over the c copies
+                // (rows are output-major, o·b + i) rather than repeated.
                 let u = unfold4d(
                     input.narrow(0, 0, b),
                     [geom.kernel, geom.kernel],
                     UnfoldOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1]),
                 )
-                .repeat_dim(0, c)
-                .swap_dims(1, 2);
-                let gw = delta.clone().matmul(u); // [c·b, cout, cin·k²]
-                let [_, _, q] = gw.dims();
+                .swap_dims(1, 2)
+                .unsqueeze_dim::<4>(0);
+                let gw = delta.clone().matmul(u); // [c, b, cout, cin·k²]
+                let [_, _, _, q] = gw.dims();
                 let mut parts = vec![gw.reshape([rows, cout * q])];
                 if bias {
-                    parts.push(delta.sum_dim(2).reshape([rows, cout]));
+                    parts.push(delta.sum_dim(3).reshape([rows, cout]));
                 }
                 Feature::Rows(Tensor::cat(parts, 1))
             }

@@ -42,7 +42,7 @@ mod write;
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{DType, Tensor, TensorData};
-use noisegeom_kernels::Kernels;
+use noisegeom_kernels::{Kernels, Pass};
 use std::ops::Range;
 
 use rayon::prelude::*;

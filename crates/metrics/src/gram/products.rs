@@ -95,10 +95,32 @@ impl<'a, B: Kernels> Products<'a, B> {
             (Feature::Rows(ri), Feature::Rows(rj)) if !diag => {
                 let ([m, k], [n, _]) = (ri.dims(), rj.dims());
                 *flops += product_flops(m, n, k);
-                Products::Whole(noisegeom_kernels::read(
-                    ri.clone().matmul(rj.clone().transpose()),
-                ))
+                Products::Whole(if host {
+                    let (a, b) = (
+                        noisegeom_kernels::read(ri.clone()),
+                        noisegeom_kernels::read(rj.clone()),
+                    );
+                    let mut out = match a.dtype {
+                        DType::F64 => TensorData::new(vec![0.0f64; m * n], [m, n]),
+                        _ => TensorData::new(vec![0.0f32; m * n], [m, n]),
+                    };
+                    match a.dtype {
+                        DType::F64 => host_rows_product::<f64>(&a, 0..m, &b, 0..n, k, &mut out),
+                        _ => host_rows_product::<f32>(&a, 0..m, &b, 0..n, k, &mut out),
+                    }
+                    out
+                } else {
+                    noisegeom_kernels::read(ri.clone().matmul(rj.clone().transpose()))
+                })
             }
+            (Feature::Rows(ri), Feature::Rows(_)) if host => per_output(
+                Source::Host {
+                    rows: noisegeom_kernels::read(ri.clone()),
+                    cols: None,
+                    d: ri.dims()[1],
+                },
+                false,
+            ),
             (Feature::Rows(ri), Feature::Rows(rj)) => per_output(Source::Device(ri, rj), false),
             _ => unreachable!("same layers in every chunk"),
         }
