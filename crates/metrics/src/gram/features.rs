@@ -191,7 +191,10 @@ pub(super) fn chunk_features<B: Kernels>(
 ) -> Vec<Feature<B>> {
     let mut feats = match mlp_features(ops, start, b) {
         Some(feats) => feats,
-        None => autodiff_features(ops, start, b, late_copies),
+        None => match conv_net_features(ops, start, b) {
+            Some(feats) => feats,
+            None => autodiff_features(ops, start, b, late_copies),
+        },
     };
     if let Some(l) = symmetric_layer(&ops.arch.stages)
         && matches!(feats.last(), Some(Feature::Affine { units: true, .. }))
@@ -282,6 +285,229 @@ pub(super) fn mlp_features<B: Kernels>(
     )
 }
 
+/// A convolution's per-(sample, output) gradient rows `[c·b, cout·cin·k² (+ cout)]`, output-
+/// major, from its input `[b, cin, h, w]` and its signals `[c·b, cout, h', w']`: the patches
+/// of the b samples, `[1, b, P, cin·k²]`, broadcast over the c outputs in one product.
+pub(super) fn conv_rows<B: Kernels>(
+    input: Tensor<B, 4>,
+    delta: Tensor<B, 4>,
+    geom: ConvGeom,
+    bias: bool,
+    c: usize,
+) -> Feature<B> {
+    let [rows, cout, h, w] = delta.dims();
+    let b = rows / c;
+    let delta = delta.reshape([c, b, cout, h * w]);
+    let u = unfold4d(
+        input,
+        [geom.kernel, geom.kernel],
+        UnfoldOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1]),
+    )
+    .swap_dims(1, 2)
+    .unsqueeze_dim::<4>(0);
+    let gw = delta.clone().matmul(u); // [c, b, cout, cin·k²]
+    let [_, _, _, q] = gw.dims();
+    let mut parts = vec![gw.reshape([rows, cout * q])];
+    if bias {
+        parts.push(delta.sum_dim(3).reshape([rows, cout]));
+    }
+    Feature::Rows(Tensor::cat(parts, 1))
+}
+
+/// The signal at a convolution's input from the signal at its output, `[r, cout, h', w']`
+/// → `[r, cin, h, w]`: on host memory by [`noisegeom_kernels::conv::conv_input_grad`] when
+/// `host`, else burn's transposed convolution.
+fn conv_input_signal<B: Kernels>(
+    delta: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    [h, w]: [usize; 2],
+    geom: ConvGeom,
+    host: bool,
+) -> Tensor<B, 4> {
+    let [r, cout, ho, wo] = delta.dims();
+    let [_, cin, _, _] = weight.dims();
+    let device = delta.device();
+    if host {
+        let s = noisegeom_kernels::conv::ConvShape {
+            n: r,
+            c_in: cin,
+            h,
+            w,
+            c_out: cout,
+            geom,
+        };
+        let (dz, wt) = (
+            noisegeom_kernels::read(delta),
+            noisegeom_kernels::read(weight),
+        );
+        let same = "signals and weights share the backend's float type";
+        let dx = match dz.dtype {
+            DType::F64 => TensorData::new(
+                noisegeom_kernels::conv::conv_input_grad::<f64>(
+                    dz.as_slice().expect(same),
+                    wt.as_slice().expect(same),
+                    s,
+                ),
+                [r, cin, h, w],
+            ),
+            _ => TensorData::new(
+                noisegeom_kernels::conv::conv_input_grad::<f32>(
+                    dz.as_slice().expect(same),
+                    wt.as_slice().expect(same),
+                    s,
+                ),
+                [r, cin, h, w],
+            ),
+        };
+        return Tensor::from_data(dx, &device);
+    }
+    // The transposed convolution's output padding recovers the input size lost to the stride.
+    let pad =
+        |len: usize, out: usize| len - ((out - 1) * geom.stride + geom.kernel - 2 * geom.padding);
+    conv_transpose2d(
+        delta,
+        weight,
+        None,
+        ConvTransposeOptions::new(
+            [geom.stride; 2],
+            [geom.padding; 2],
+            [pad(h, ho), pad(w, wo)],
+            [1, 1],
+            1,
+        ),
+    )
+}
+
+/// The features of a network of convolutions and affine layers, each followed by at most
+/// one activation, with one flatten between them and an affine last layer: one forward over
+/// the b samples records each layer's input and pre-activation, and the backward is written
+/// out on c·b rows (δ_L = e_o; an affine layer passes δ·W back, a convolution its transposed
+/// convolution, an activation multiplies by σ'(z)). Autodiff would run the forward past the
+/// first layer on the c copies as well. `None` for any other architecture.
+pub(super) fn conv_net_features<B: Kernels>(
+    ops: &ProbeOps<B>,
+    start: usize,
+    b: usize,
+) -> Option<Vec<Feature<B>>> {
+    let stages = &ops.arch.stages;
+    let convs = stages
+        .iter()
+        .filter(|s| matches!(s, Stage::Conv { .. }))
+        .count();
+    let supported = stages.iter().enumerate().all(|(k, s)| match s {
+        Stage::Dense { .. } | Stage::Conv { .. } | Stage::Flatten => true,
+        Stage::Act { .. } => {
+            k > 0 && matches!(stages[k - 1], Stage::Dense { .. } | Stage::Conv { .. })
+        }
+        _ => false,
+    });
+    if convs == 0 || !supported || !matches!(stages.last(), Some(Stage::Dense { .. })) {
+        return None;
+    }
+    enum Rec<B: Kernels> {
+        Dense(Tensor<B, 2>, Tensor<B, 2>, bool),
+        Conv(Tensor<B, 4>, Tensor<B, 4>, ConvGeom, bool),
+    }
+    struct Record<B: Kernels>(Vec<Rec<B>>);
+    impl<B: Kernels> Tap<B> for Record<B> {
+        fn dense(&mut self, input: &Tensor<B, 2>, z: Tensor<B, 2>, bias: bool) -> Tensor<B, 2> {
+            self.0.push(Rec::Dense(input.clone(), z.clone(), bias));
+            z
+        }
+        fn conv(
+            &mut self,
+            input: &Tensor<B, 4>,
+            z: Tensor<B, 4>,
+            geom: ConvGeom,
+            bias: bool,
+        ) -> Tensor<B, 4> {
+            self.0.push(Rec::Conv(input.clone(), z.clone(), geom, bias));
+            z
+        }
+    }
+    let net = ops.net();
+    let mut rec = Record(Vec::new());
+    net.forward_tapped(
+        ops.x.clone().narrow(0, start, b),
+        &mut rec,
+        Pass::FirstOrder,
+    );
+    let (c, host) = (ops.c, ops.host_products);
+    enum Signal<B: Kernels> {
+        Flat(Tensor<B, 2>),
+        Image(Tensor<B, 4>),
+    }
+    let sel = selection(c, b);
+    let mut delta = Signal::Flat(Tensor::<B, 2>::from_data(
+        TensorData::new(sel, [c * b, c]),
+        &ops.device,
+    ));
+    let mut feats = Vec::with_capacity(rec.0.len());
+    let mut li = rec.0.len();
+    // Stages from the last: each activation applies the slope at the pre-activation of the
+    // parametric layer just before it, which the loop reaches next.
+    let mut slope: Option<Activation> = None;
+    for stage in stages.iter().rev() {
+        match stage {
+            Stage::Act { activation } => slope = Some(*activation),
+            Stage::Flatten => {
+                let Signal::Flat(d) = delta else {
+                    unreachable!("validated: flatten takes an image")
+                };
+                let Some(Rec::Conv(_, z, ..)) = rec.0.get(li - 1) else {
+                    unreachable!("validated: a flatten follows a convolution")
+                };
+                let [_, ch, h, w] = z.dims();
+                delta = Signal::Image(d.reshape([c * b, ch, h, w]));
+            }
+            Stage::Dense { .. } | Stage::Conv { .. } => {
+                li -= 1;
+                let first = li == 0;
+                delta = match (rec.0.pop().expect("one record per layer"), delta) {
+                    (Rec::Dense(a, z, bias), Signal::Flat(d)) => {
+                        let d = match slope.take() {
+                            Some(act) => d * act.slope(z).repeat_dim(0, c),
+                            None => d,
+                        };
+                        let Layer::Dense(l) = &net.layers[li] else {
+                            unreachable!("layers follow stages")
+                        };
+                        let back = (!first).then(|| d.clone().matmul(l.weight.val()));
+                        feats.push(Feature::Affine {
+                            a: with_ones(a, bias),
+                            delta: d,
+                            units: feats.is_empty(),
+                            symmetric: false,
+                        });
+                        Signal::Flat(back.unwrap_or_else(|| Tensor::zeros([1, 1], &ops.device)))
+                    }
+                    (Rec::Conv(a, z, geom, bias), Signal::Image(d)) => {
+                        let d = match slope.take() {
+                            Some(act) => d * act.slope(z).repeat_dim(0, c),
+                            None => d,
+                        };
+                        let Layer::Conv(l) = &net.layers[li] else {
+                            unreachable!("layers follow stages")
+                        };
+                        let [_, _, h, w] = a.dims();
+                        let back = (!first).then(|| {
+                            conv_input_signal(d.clone(), l.weight.val(), [h, w], geom, host)
+                        });
+                        feats.push(conv_rows(a, d, geom, bias, c));
+                        Signal::Image(
+                            back.unwrap_or_else(|| Tensor::zeros([1, 1, 1, 1], &ops.device)),
+                        )
+                    }
+                    _ => unreachable!("validated: dense on vectors, conv on images"),
+                };
+            }
+            _ => unreachable!("validated stages"),
+        }
+    }
+    feats.reverse();
+    Some(feats)
+}
+
 /// `a` with a column of ones appended when the layer has a bias.
 pub(super) fn with_ones<B: Kernels>(a: Tensor<B, 2>, bias: bool) -> Tensor<B, 2> {
     if bias {
@@ -341,24 +567,7 @@ pub(super) fn autodiff_features<B: Kernels>(
                 bias,
             } => {
                 let delta = probe.grad(&grads).expect("probe reached");
-                let [rows, cout, h, w] = delta.dims();
-                let delta = delta.reshape([c, b, cout, h * w]);
-                // Patches of the first copy, [1, b, P, cin·k²], broadcast over the c copies
-                // (rows are output-major, o·b + i) rather than repeated.
-                let u = unfold4d(
-                    input.narrow(0, 0, b),
-                    [geom.kernel, geom.kernel],
-                    UnfoldOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1]),
-                )
-                .swap_dims(1, 2)
-                .unsqueeze_dim::<4>(0);
-                let gw = delta.clone().matmul(u); // [c, b, cout, cin·k²]
-                let [_, _, _, q] = gw.dims();
-                let mut parts = vec![gw.reshape([rows, cout * q])];
-                if bias {
-                    parts.push(delta.sum_dim(3).reshape([rows, cout]));
-                }
-                Feature::Rows(Tensor::cat(parts, 1))
+                conv_rows(input.narrow(0, 0, b), delta, geom, bias, c)
             }
             Record::Hadamard { input, probe } => {
                 let delta = probe.grad(&grads).expect("probe reached");

@@ -39,8 +39,8 @@ mod products;
 mod tiles;
 mod write;
 
-use burn::tensor::module::unfold4d;
-use burn::tensor::ops::UnfoldOptions;
+use burn::tensor::module::{conv_transpose2d, unfold4d};
+use burn::tensor::ops::{ConvTransposeOptions, UnfoldOptions};
 use burn::tensor::{DType, Tensor, TensorData};
 use noisegeom_kernels::{Kernels, Pass};
 use std::ops::Range;
