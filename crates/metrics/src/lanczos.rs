@@ -61,19 +61,7 @@ pub fn lanczos(
         dim,
         1.0,
     );
-    run(dim, a, start, k, iters, tol)
-}
-
-/// [`lanczos`] from a given start vector (any nonzero length-`dim` vector; it is normalised).
-pub fn lanczos_from(
-    dim: usize,
-    a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
-    start: Vec<f64>,
-    k: usize,
-    iters: usize,
-    tol: f64,
-) -> LanczosResult {
-    run(dim, a, start, k, iters, tol)
+    lanczos_from(dim, a, start, k, iters, tol)
 }
 
 /// Elements per block of the fused basis loops: a block of the target vector stays in cache
@@ -184,7 +172,8 @@ fn tridiagonalise(
     }
 }
 
-fn run(
+/// [`lanczos`] from a given start vector (any nonzero length-`dim` vector; it is normalised).
+pub fn lanczos_from(
     dim: usize,
     a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
     start: Vec<f64>,

@@ -20,6 +20,21 @@ fn trace_prod(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
         .sum()
 }
 
+/// The largest entry-wise error of a Gram matrix against JJᵀ from the dense Jacobian, and
+/// the largest |entry| of JJᵀ.
+fn gram_error(k: &noisegeom_metrics::gram::Gram, truth: &Dense) -> (f64, f64) {
+    let nc = truth.j.len();
+    let (mut err, mut scale) = (0.0f64, 0.0f64);
+    for r in 0..nc {
+        for s in 0..nc {
+            let want: f64 = truth.j[r].iter().zip(&truth.j[s]).map(|(a, b)| a * b).sum();
+            err = err.max((k.at(r, s) - want).abs());
+            scale = scale.max(want.abs());
+        }
+    }
+    (err, scale)
+}
+
 /// The Gram entry-wise, and μ from it and streamed, with the affine layers' products formed
 /// on the host (what the CPU backends do) and by the backend's matmul (what wgpu does).
 #[test]
@@ -38,16 +53,7 @@ fn gram_and_mu_match_dense() {
             ops.host_products = host_products;
             let name = format!("{} (host products: {host_products})", p.name);
             let k = gram_tiled(&ops, 4, 3, 1 << 30).unwrap();
-            let nc = p.n * p.c;
-            let mut err: f64 = 0.0;
-            let mut scale: f64 = 0.0;
-            for r in 0..nc {
-                for s in 0..nc {
-                    let want: f64 = truth.j[r].iter().zip(&truth.j[s]).map(|(a, b)| a * b).sum();
-                    err = err.max((k.at(r, s) - want).abs());
-                    scale = scale.max(want.abs());
-                }
-            }
+            let (err, scale) = gram_error(&k, &truth);
             assert!(
                 err <= 1e-10 * scale,
                 "{name}: Gram error {err:e} (scale {scale:e})"
@@ -394,16 +400,7 @@ fn f32_gram_matches_dense_f64() {
             )
             .unwrap();
             ops.host_products = host_products;
-            let k = gram_tiled(&ops, 4, 3, 1 << 30).unwrap();
-            let nc = p.n * p.c;
-            let (mut err, mut scale) = (0.0f64, 0.0f64);
-            for r in 0..nc {
-                for s in 0..nc {
-                    let want: f64 = truth.j[r].iter().zip(&truth.j[s]).map(|(a, b)| a * b).sum();
-                    err = err.max((k.at(r, s) - want).abs());
-                    scale = scale.max(want.abs());
-                }
-            }
+            let (err, scale) = gram_error(&gram_tiled(&ops, 4, 3, 1 << 30).unwrap(), &truth);
             // f32 products of rows of up to a few hundred entries.
             assert!(
                 err <= 1e-5 * scale,
