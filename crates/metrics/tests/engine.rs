@@ -379,26 +379,30 @@ fn zero_loss_gives_undefined_ratios_not_nan() {
     );
 }
 
+/// A problem's operators on burn-flex (f32), in chunks of `chunk` samples.
+fn flex_ops(p: &Problem, chunk: usize) -> ProbeOps<burn::backend::Flex> {
+    ProbeOps::new(
+        p.arch.clone(),
+        &p.theta,
+        &p.x,
+        &p.y,
+        p.n,
+        chunk,
+        &Default::default(),
+    )
+    .unwrap()
+}
+
 /// The Gram on burn-flex (f32), entry-wise against the f64 dense Jacobian: its first-order
 /// kernels in the tapped forward (host-patch convolutions), the convolutions' gradient rows
 /// formed by one broadcast product per layer, and the products on the host (diagonal tile
 /// pairs output by output, off-diagonal ones whole) and by the backend's matmul.
 #[test]
 fn f32_gram_matches_dense_f64() {
-    use burn::backend::Flex;
     for p in zoo(6) {
         let truth = dense(&p);
         for host_products in [true, false] {
-            let mut ops = ProbeOps::<Flex>::new(
-                p.arch.clone(),
-                &p.theta,
-                &p.x,
-                &p.y,
-                p.n,
-                4,
-                &Default::default(),
-            )
-            .unwrap();
+            let mut ops = flex_ops(&p, 4);
             ops.host_products = host_products;
             let (err, scale) = gram_error(&gram_tiled(&ops, 4, 3, 1 << 30).unwrap(), &truth);
             // f32 products of rows of up to a few hundred entries.
@@ -413,19 +417,9 @@ fn f32_gram_matches_dense_f64() {
 
 #[test]
 fn f32_cpu_backend_agrees_with_f64() {
-    use burn::backend::Flex;
     for p in zoo(8).into_iter().filter(|p| p.theta.len() > 20) {
         let a = ProbeOps::<F64>::new(p.arch.clone(), &p.theta, &p.x, &p.y, p.n, 8, &dev()).unwrap();
-        let b = ProbeOps::<Flex>::new(
-            p.arch.clone(),
-            &p.theta,
-            &p.x,
-            &p.y,
-            p.n,
-            8,
-            &Default::default(),
-        )
-        .unwrap();
+        let b = flex_ops(&p, 8);
         let v = test_vector(p.theta.len(), 5);
         for (what, x, y) in [
             ("Gv", a.gv(&v), b.gv(&v)),
