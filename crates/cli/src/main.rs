@@ -148,8 +148,9 @@ enum Command {
         precision: Precision,
         /// Workloads (default: all but the heavy ones): train-fnn, train-cnn, jv-fnn,
         /// jv-double-vjp-fnn, gv-fnn, hv-fnn, hv-double-backward-fnn, lanczos-fnn, gram-mu-fnn,
-        /// mu-fnn, alpha-fnn, sgemm; heavy, run once when named: mu-cnn-4096 (exact μ of the
-        /// CNN over 4096 probe samples, features held to 3 GB; many minutes on 2 cores).
+        /// mu-fnn, alpha-fnn, hv-cnn, gram-mu-cnn, probe-cnn, sgemm; heavy, run once when
+        /// named: mu-cnn-4096 (exact μ of the CNN over 4096 probe samples, features held to
+        /// 3 GB; many minutes on 2 cores).
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
         /// Timed repeats after the warm-up (the median is reported).

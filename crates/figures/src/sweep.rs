@@ -32,7 +32,7 @@ use crate::{FigureError, Output};
 /// through them (an estimator, an operator's rounding, the training step, a data loader's
 /// values), so finished jobs are redone. Refactors, speed-ups that keep the bits, new
 /// features, docs and tests leave it. Each figure's own code has [`Figure::NUMERICS`].
-pub const ENGINE_NUMERICS: u32 = 2;
+pub const ENGINE_NUMERICS: u32 = 3;
 
 /// One independent unit of a figure's work.
 #[derive(Clone, Debug, Serialize)]

@@ -56,12 +56,16 @@ pub fn lanczos(
     seed: u64,
     tol: f64,
 ) -> LanczosResult {
-    let start = noisegeom_data::normal_vec(
+    lanczos_from(dim, a, random_start(dim, seed), k, iters, tol)
+}
+
+/// The seeded random start of [`lanczos`].
+pub fn random_start(dim: usize, seed: u64) -> Vec<f64> {
+    noisegeom_data::normal_vec(
         &mut noisegeom_data::seeded_rng(seed, "lanczos-start"),
         dim,
         1.0,
-    );
-    lanczos_from(dim, a, start, k, iters, tol)
+    )
 }
 
 /// Elements per block of the fused basis loops: a block of the target vector stays in cache
@@ -98,18 +102,48 @@ struct Tridiagonal {
 impl Tridiagonal {
     /// Eigenvalues (descending) and eigenvectors of the tridiagonal matrix T.
     fn eig(&self) -> (Vec<f64>, Vec<Vec<f64>>) {
-        sym_eig(self.alpha.len(), |i, j| {
-            if i == j {
-                self.alpha[i]
-            } else if i + 1 == j {
-                self.beta[i]
-            } else if j + 1 == i {
-                self.beta[j]
-            } else {
-                0.0
-            }
-        })
+        tridiagonal_eig(&self.alpha, &self.beta)
     }
+}
+
+/// Eigenvalues (descending) and eigenvectors of the tridiagonal matrix with diagonal `alpha`
+/// and off-diagonal `beta[..alpha.len() − 1]`.
+fn tridiagonal_eig(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    sym_eig(alpha.len(), |i, j| {
+        if i == j {
+            alpha[i]
+        } else if i + 1 == j {
+            beta[i]
+        } else if j + 1 == i {
+            beta[j]
+        } else {
+            0.0
+        }
+    })
+}
+
+/// When a run may end before its step budget.
+#[derive(Clone, Copy)]
+enum Until {
+    /// After the budget (or an invariant subspace).
+    Budget,
+    /// Also once the top `k` Ritz pairs' Lanczos estimates β_j |y_j| are all within
+    /// `tol · max|θ|`.
+    Converged { k: usize, tol: f64 },
+}
+
+/// Whether the top `k` Ritz pairs of T (diagonal `alpha`, off-diagonal `beta`) have
+/// converged by the Lanczos estimate, `b` being the next β.
+fn estimates_converged(alpha: &[f64], beta: &[f64], b: f64, k: usize, tol: f64) -> bool {
+    let m = alpha.len();
+    if m < k {
+        return false;
+    }
+    let (vals, vecs) = tridiagonal_eig(alpha, beta);
+    let vmax = vals.iter().fold(0.0f64, |x, v| x.max(v.abs()));
+    vecs.iter()
+        .take(k)
+        .all(|y| (b * y[m - 1]).abs() <= tol * vmax)
 }
 
 fn tridiagonalise(
@@ -117,6 +151,7 @@ fn tridiagonalise(
     a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
     start: Vec<f64>,
     iters: usize,
+    until: Until,
 ) -> Tridiagonal {
     let iters = iters.clamp(1, dim);
     let s = norm(&start);
@@ -156,6 +191,12 @@ fn tridiagonalise(
             beta.push(bj);
             break;
         }
+        if let Until::Converged { k, tol } = until
+            && estimates_converged(&alpha, &beta, bj, k, tol)
+        {
+            beta.push(bj);
+            break;
+        }
         if bj <= 1e-12 * scale.max(f64::MIN_POSITIVE) {
             beta.push(bj);
             invariant = true;
@@ -181,7 +222,34 @@ pub fn lanczos_from(
     iters: usize,
     tol: f64,
 ) -> LanczosResult {
-    let t = tridiagonalise(dim, a, start, iters);
+    run(dim, a, start, k, iters, tol, Until::Budget)
+}
+
+/// [`lanczos_from`], ending early once the top `k` pairs have converged by the Lanczos
+/// estimate (β_j |y_j| ≤ `tol` · max|θ|, checked after every step from the k-th): at most
+/// `iters` steps. The reported residuals are explicit as always, so a pair whose products'
+/// rounding keeps it from converging is still flagged.
+pub fn lanczos_until_converged(
+    dim: usize,
+    a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
+    start: Vec<f64>,
+    k: usize,
+    iters: usize,
+    tol: f64,
+) -> LanczosResult {
+    run(dim, a, start, k, iters, tol, Until::Converged { k, tol })
+}
+
+fn run(
+    dim: usize,
+    a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
+    start: Vec<f64>,
+    k: usize,
+    iters: usize,
+    tol: f64,
+    until: Until,
+) -> LanczosResult {
+    let t = tridiagonalise(dim, a, start, iters, until);
     let m = t.alpha.len();
     let (vals, vecs) = t.eig();
     let b_last = if t.invariant { 0.0 } else { t.beta[m - 1] };
@@ -260,7 +328,7 @@ pub fn slq(
         let start: Vec<f64> = (0..dim)
             .map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 })
             .collect();
-        let t = tridiagonalise(dim, a, start, iters);
+        let t = tridiagonalise(dim, a, start, iters, Until::Budget);
         let m = t.alpha.len();
         iterations = iterations.max(m);
         let (vals, vecs) = t.eig();
@@ -342,6 +410,35 @@ mod tests {
             r.top.iter().any(|p| !p.converged),
             "12 steps cannot resolve 10 clustered eigenvalues"
         );
+    }
+
+    /// A spectrum with a gap at the top (1..=199, then 400): the run that may end early stops
+    /// well before its budget with its pair converged, λ_max = 400 to the tolerance's
+    /// accuracy (|θ − λ| ≤ residual²/gap for a Ritz value), and the same value as the run
+    /// that takes the whole budget; without a gap it takes the whole budget and is flagged.
+    #[test]
+    fn a_run_ends_once_its_top_pair_has_converged() {
+        let d: Vec<f64> = (1..=200)
+            .map(|v| if v == 200 { 400.0 } else { v as f64 })
+            .collect();
+        let mut a = |v: &[f64]| v.iter().zip(&d).map(|(x, y)| x * y).collect::<Vec<_>>();
+        let tol = 1e-6;
+        let (start, budget) = (random_start(200, 7), 60);
+        let early = lanczos_until_converged(200, &mut a, start.clone(), 1, budget, tol);
+        let full = lanczos_from(200, &mut a, start, 1, budget, tol);
+        let (e, f) = (&early.top[0], &full.top[0]);
+        assert!(early.iterations < budget, "{} steps", early.iterations);
+        assert_eq!(full.iterations, budget);
+        assert_eq!(early.matvecs, early.iterations + 1);
+        assert!(e.converged && e.residual <= tol * 400.0, "{}", e.residual);
+        assert!((e.value - 400.0).abs() <= e.residual.powi(2) / 200.0 + 1e-9);
+        assert!((e.value - f.value).abs() <= e.residual + f.residual);
+
+        let d: Vec<f64> = (1..=400).map(|v| (v as f64).sqrt()).collect();
+        let mut a = |v: &[f64]| v.iter().zip(&d).map(|(x, y)| x * y).collect::<Vec<_>>();
+        let r = lanczos_until_converged(400, &mut a, random_start(400, 3), 1, 12, 1e-8);
+        assert_eq!(r.iterations, 12);
+        assert!(!r.top[0].converged);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! eigenvector u₁, one vector-Jacobian product): near a minimum of the square loss H ≈ G,
 //! so the run starts close to H's top direction. It depends on θ alone (no state carried
 //! between probes, so a resumed run probes bit for bit as an uninterrupted one), and the
-//! reported residual is the same explicit ||Hu − θu|| as from a random start.
+//! reported residual is the same explicit ||Hu − θu|| as from a random start. The run ends
+//! once its top pair has converged by the Lanczos estimate (`iters` steps at most), and the
+//! steps it took are reported.
 
 use noisegeom_kernels::Kernels;
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::alignment::{directional, exact_alignment, top_spectrum};
 use crate::gram::gram;
 use crate::hutchinson::hutchinson;
-use crate::lanczos::{lanczos, lanczos_from};
+use crate::lanczos::{lanczos, lanczos_until_converged, random_start};
 use crate::report::{Cutoffs, Ratio, eps_of};
 use crate::{GeometryError, ProbeOps};
 
@@ -56,6 +58,10 @@ pub struct Tracked {
     pub lambda_max_h: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_max_h_residual: Option<f64>,
+    /// Lanczos steps of H's run (Hv products, the explicit residual's not counted): the
+    /// budget `iters`, or fewer when λ_max(H) converged first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_max_h_steps: Option<usize>,
     /// Top eigenvalues of G, descending, with α_k = u_kᵀΣ₁u_k and g_k = α_k/(2Lλ_k).
     pub lambda_g: Vec<f64>,
     pub alpha_g: Vec<f64>,
@@ -89,6 +95,7 @@ pub fn track<B: Kernels>(ops: &ProbeOps<B>, opt: &TrackOptions) -> Result<Tracke
                 lambda_max_g_residual: run.top.first().map(|r| r.residual),
                 lambda_max_h: None,
                 lambda_max_h_residual: None,
+                lambda_max_h_steps: None,
                 lambda_g: spec.lambda,
                 alpha_g: spec.alpha,
                 g_k: spec.g,
@@ -127,6 +134,7 @@ pub fn track<B: Kernels>(ops: &ProbeOps<B>, opt: &TrackOptions) -> Result<Tracke
                 lambda_max_g_residual: run.top.first().map(|r| r.residual),
                 lambda_max_h: None,
                 lambda_max_h_residual: None,
+                lambda_max_h_steps: None,
                 lambda_g,
                 alpha_g,
                 g_k,
@@ -139,12 +147,14 @@ pub fn track<B: Kernels>(ops: &ProbeOps<B>, opt: &TrackOptions) -> Result<Tracke
         let iters = opt.iters.min(ops.p);
         let hv = &mut |v: &[f64]| ops.hv(v);
         // A zero start (G = 0) has no direction: then the seeded random one.
-        let h = match start.filter(|v| opt.warm_start && v.iter().any(|x| *x != 0.0)) {
-            Some(v) => lanczos_from(ops.p, hv, v, 1, iters, cut.ritz_tolerance),
-            None => lanczos(ops.p, hv, 1, iters, opt.seed ^ 1, cut.ritz_tolerance),
-        };
+        let start = start
+            .filter(|v| opt.warm_start && v.iter().any(|x| *x != 0.0))
+            .unwrap_or_else(|| random_start(ops.p, opt.seed ^ 1));
+        // The run ends once λ_max(H) has converged (`iters` steps at most).
+        let h = lanczos_until_converged(ops.p, hv, start, 1, iters, cut.ritz_tolerance);
         t.lambda_max_h = h.top.first().map(|r| r.value);
         t.lambda_max_h_residual = h.top.first().map(|r| r.residual);
+        t.lambda_max_h_steps = Some(h.iterations);
     }
     // A loop that saw a stop request returned early: report the interruption, not that.
     noisegeom_data::stop::check()?;

@@ -46,7 +46,8 @@ pub struct ProbeSettings {
     /// Top eigen-directions of G along which g_k and α_k are logged.
     #[serde(default = "five")]
     pub k: usize,
-    /// Lanczos steps, for G (on the dense Gram) and for H.
+    /// Lanczos steps, for G (on the dense Gram) and for H (whose run ends sooner once
+    /// λ_max(H) has converged).
     #[serde(default = "twenty")]
     pub lanczos_iters: usize,
     /// Also λ_max(H), by Lanczos on exact Hessian-vector products (the costly part).

@@ -97,8 +97,15 @@ pub const WORKLOADS: &[&str] = &[
     "gram-mu-fnn",
     "mu-fnn",
     "alpha-fnn",
+    "hv-cnn",
+    "gram-mu-cnn",
+    "probe-cnn",
     "sgemm",
 ];
+
+/// Probe samples of the CNN workloads: the quickstart's probe set, so that `probe-cnn`
+/// against `train-cnn` reads as the quickstart's probe cost in training steps.
+pub const PROBE_CNN_N: usize = 64;
 
 /// Workloads run only when named (`--workloads`), once each, without a warm-up: the exact μ
 /// of the CNN over n = 4096 probe samples, its per-sample features held to 3 GB (they need
@@ -322,11 +329,21 @@ fn geometry<B: AutodiffKernels>(
     use noisegeom_metrics::gram::{FeatureBudget, TILE, gram};
     use noisegeom_metrics::lanczos::lanczos;
     let heavy = HEAVY_WORKLOADS.contains(&w);
-    let (cfg, shape) = model_for(if heavy { "train-cnn" } else { "train-fnn" });
+    let (cfg, shape) = model_for(if w.contains("-cnn") {
+        "train-cnn"
+    } else {
+        "train-fnn"
+    });
     let net = cfg.init::<B::InnerBackend>(&shape, 10, 0, device)?;
     let arch = net.arch.clone();
     let theta = noisegeom_models::flatten(&net);
-    let n = if heavy { 4096 } else { probe_size };
+    let n = if heavy {
+        4096
+    } else if w.ends_with("-cnn") {
+        PROBE_CNN_N
+    } else {
+        probe_size
+    };
     // The CNN's activations over c copies of a chunk are larger than its features: smaller
     // chunks bound them.
     let chunk = if heavy { 128 } else { n };
@@ -356,7 +373,21 @@ fn geometry<B: AutodiffKernels>(
         "lanczos-fnn" => time_it::<B>(repeats, || {
             sink += lanczos(ops.p, &mut |u| ops.gv(u), 10, 30, 0, 1e-4).top[0].value
         }),
-        "gram-mu-fnn" => time_it::<B>(repeats, || {
+        "hv-cnn" => time_it::<B>(repeats, || sink += ops.hv(&v)[0]),
+        "probe-cnn" => time_it::<B>(repeats, || {
+            // The quickstart's probe: k = 5, 10 Lanczos steps, λ_max(H) warm-started.
+            let opt = noisegeom_metrics::TrackOptions {
+                k: 5,
+                iters: 10,
+                hessian: true,
+                warm_start: true,
+                gram_max_bytes: 2 << 30,
+                hutchinson_samples: 64,
+                seed: 0,
+            };
+            sink += noisegeom_metrics::track(&ops, &opt).expect("fits").trace_g
+        }),
+        "gram-mu-fnn" | "gram-mu-cnn" => time_it::<B>(repeats, || {
             let k = gram(&ops, n, 8 << 30).expect("fits");
             sink += exact_alignment(&k, ops.residuals()).g_fro2
         }),

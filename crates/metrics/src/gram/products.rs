@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Rows of the host products formed in one GEMM, about ([`Products::group`]).
+const GROUP_ROWS: usize = 320;
+
 /// A tile pair's shape: whether it is on the diagonal, the outputs, the row and column
 /// tiles' sample counts.
 #[derive(Clone, Copy)]
@@ -133,6 +136,19 @@ impl<'a, B: Kernels> Products<'a, B> {
         (from, if mirror { o } else { 0 })
     }
 
+    /// Outputs whose host products are formed at once (not `mirror`): on the turn of the
+    /// group's first output g0, the rows of outputs g0..g0 + group against the outputs from
+    /// g0's `from` on, held in `outs[0]`. One GEMM about [`GROUP_ROWS`] tall runs at about
+    /// 2.5× the rate of as many 64-row ones (measured at 56,320 columns: 0.31 s against 0.75 s
+    /// for the quickstart's conv rows), which outweighs the blocks below the diagonal it also
+    /// forms.
+    fn group(source: &Source<'a, B>, mirror: bool, bi: usize) -> usize {
+        match source {
+            Source::Host { .. } if !mirror => (GROUP_ROWS / bi.max(1)).max(1),
+            _ => 1,
+        }
+    }
+
     /// Forms output o's products (per-output layers only); returns their floating-point
     /// operations.
     pub(super) fn form(&mut self, o: usize, shape: PairShape) -> f64 {
@@ -147,6 +163,7 @@ impl<'a, B: Kernels> Products<'a, B> {
         };
         let (from, slot) = Self::span(*mirror, diag, o);
         let width = (c - from) * bj;
+        let group = Self::group(source, *mirror, bi);
         let depth = match source {
             Source::Device(ri, _) => ri.dims()[1],
             Source::Host { d, .. } => *d,
@@ -165,9 +182,17 @@ impl<'a, B: Kernels> Products<'a, B> {
                 }
             }
             Source::Host { rows, cols, d } => {
-                // A reused buffer is sized for the widest output, a kept one for its own.
+                if !o.is_multiple_of(group) {
+                    return 0.0; // formed on the group's first output
+                }
+                let last = (o + group).min(c);
+                // A reused buffer is sized for the widest group, a kept one for its own.
                 if slot == outs.len() {
-                    let len = bi * if *mirror { width } else { c * bj };
+                    let len = if *mirror {
+                        bi * width
+                    } else {
+                        group * bi * c * bj
+                    };
                     outs.push(match rows.dtype {
                         DType::F64 => TensorData::new(vec![0.0f64; len], [len]),
                         _ => TensorData::new(vec![0.0f32; len], [len]),
@@ -175,11 +200,12 @@ impl<'a, B: Kernels> Products<'a, B> {
                 }
                 let cols = cols.as_ref().unwrap_or(rows);
                 let out = &mut outs[slot];
-                let (r, k) = (o * bi..(o + 1) * bi, from * bj..from * bj + width);
+                let (r, k) = (o * bi..last * bi, from * bj..from * bj + width);
                 match rows.dtype {
                     DType::F64 => host_rows_product::<f64>(rows, r, cols, k, *d, out),
                     _ => host_rows_product::<f32>(rows, r, cols, k, *d, out),
                 }
+                return product_flops((last - o) * bi, width, depth);
             }
         }
         product_flops(bi, width, depth)
@@ -208,7 +234,24 @@ impl<'a, B: Kernels> Products<'a, B> {
                 stride: c * bj,
                 weight,
             }),
-            Products::PerOutput { mirror, outs, .. } => {
+            Products::PerOutput {
+                source,
+                mirror,
+                outs,
+            } => {
+                let group = Self::group(source, *mirror, bi);
+                if group > 1 {
+                    // Rows of outputs g0.. against the outputs from g0's `from` on.
+                    let g0 = o - o % group;
+                    let (from, _) = Self::span(false, diag, g0);
+                    let stride = (c - from) * bj;
+                    return Some(Term {
+                        data: Some(&outs[0]),
+                        offset: (o - g0) * bi * stride + (o2 - from) * bj,
+                        stride,
+                        weight,
+                    });
+                }
                 let (from, slot) = Self::span(*mirror, diag, o);
                 Some(if o2 >= from {
                     Term {
