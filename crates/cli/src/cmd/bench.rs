@@ -16,7 +16,7 @@ use crate::backend::Job;
 pub struct Timing {
     pub workload: String,
     pub backend: String,
-    /// The warm-up (the first call; the first two on a device backend), which includes
+    /// The warm-up (the first call; the first three on a device backend), which includes
     /// kernel compilation and autotuning.
     pub warmup_s: f64,
     pub median_s: f64,
@@ -118,13 +118,15 @@ pub const GEOMETRY_N: usize = 1024;
 
 /// The warm-up's time and the sorted times of `repeats` more calls of `f`; with kernel logs
 /// on, the kernels compiled and launched in each part (read outside the timed calls); the
-/// host reads per timed call always. On a device backend the warm-up is two calls: burn's
-/// fusion records the first call's ops and compiles its fused kernels in the second (the
-/// kernel log showed 5 compilations per step in the first timed call after one warm-up).
+/// host reads per timed call always. On a device backend the warm-up is three calls: burn's
+/// fusion compiles a fused kernel the second time it sees its ops, and a training step's
+/// ops settle only in its second call, once the momentum buffers exist (the kernel log
+/// showed 5 compilations per step in the first timed call after one warm-up, and 5 and 6 in
+/// the train-cnn's and train-fnn's first timed call after two).
 fn time_it<B: Kernels>(repeats: usize, mut f: impl FnMut()) -> (f64, Vec<f64>) {
     let c0 = crate::backend::kernel_counts();
     let t = Instant::now();
-    for _ in 0..if B::HOST_MEMORY { 1 } else { 2 } {
+    for _ in 0..if B::HOST_MEMORY { 1 } else { 3 } {
         f();
     }
     let warm = t.elapsed().as_secs_f64();
