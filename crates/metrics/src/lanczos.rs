@@ -56,7 +56,15 @@ pub fn lanczos(
     seed: u64,
     tol: f64,
 ) -> LanczosResult {
-    lanczos_from(dim, a, random_start(dim, seed), k, iters, tol)
+    lanczos_from(
+        dim,
+        a,
+        random_start(dim, seed),
+        k,
+        iters,
+        tol,
+        Until::Budget,
+    )
 }
 
 /// The seeded random start of [`lanczos`].
@@ -122,14 +130,16 @@ fn tridiagonal_eig(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
     })
 }
 
-/// When a run may end before its step budget.
-#[derive(Clone, Copy)]
-enum Until {
-    /// After the budget (or an invariant subspace).
+/// When a Lanczos run ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// After its step budget (or at an invariant subspace).
     Budget,
-    /// Also once the top `k` Ritz pairs' Lanczos estimates β_j |y_j| are all within
-    /// `tol · max|θ|`.
-    Converged { k: usize, tol: f64 },
+    /// Also once its top `k` Ritz pairs have converged by the Lanczos estimate,
+    /// β_j |y_j| ≤ `tol` · max|θ|, checked after every step from the k-th. The reported
+    /// residuals are explicit as always, so a pair whose products' rounding keeps it from
+    /// converging is still flagged.
+    Converged,
 }
 
 /// Whether the top `k` Ritz pairs of T (diagonal `alpha`, off-diagonal `beta`) have
@@ -151,7 +161,7 @@ fn tridiagonalise(
     a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
     start: Vec<f64>,
     iters: usize,
-    until: Until,
+    converged: Option<(usize, f64)>,
 ) -> Tridiagonal {
     let iters = iters.clamp(1, dim);
     let s = norm(&start);
@@ -191,7 +201,7 @@ fn tridiagonalise(
             beta.push(bj);
             break;
         }
-        if let Until::Converged { k, tol } = until
+        if let Some((k, tol)) = converged
             && estimates_converged(&alpha, &beta, bj, k, tol)
         {
             beta.push(bj);
@@ -213,34 +223,9 @@ fn tridiagonalise(
     }
 }
 
-/// [`lanczos`] from a given start vector (any nonzero length-`dim` vector; it is normalised).
+/// [`lanczos`] from a given start vector (any nonzero length-`dim` vector; it is normalised),
+/// ending as `until` says.
 pub fn lanczos_from(
-    dim: usize,
-    a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
-    start: Vec<f64>,
-    k: usize,
-    iters: usize,
-    tol: f64,
-) -> LanczosResult {
-    run(dim, a, start, k, iters, tol, Until::Budget)
-}
-
-/// [`lanczos_from`], ending early once the top `k` pairs have converged by the Lanczos
-/// estimate (β_j |y_j| ≤ `tol` · max|θ|, checked after every step from the k-th): at most
-/// `iters` steps. The reported residuals are explicit as always, so a pair whose products'
-/// rounding keeps it from converging is still flagged.
-pub fn lanczos_until_converged(
-    dim: usize,
-    a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
-    start: Vec<f64>,
-    k: usize,
-    iters: usize,
-    tol: f64,
-) -> LanczosResult {
-    run(dim, a, start, k, iters, tol, Until::Converged { k, tol })
-}
-
-fn run(
     dim: usize,
     a: &mut dyn FnMut(&[f64]) -> Vec<f64>,
     start: Vec<f64>,
@@ -249,7 +234,8 @@ fn run(
     tol: f64,
     until: Until,
 ) -> LanczosResult {
-    let t = tridiagonalise(dim, a, start, iters, until);
+    let converged = (until == Until::Converged).then_some((k, tol));
+    let t = tridiagonalise(dim, a, start, iters, converged);
     let m = t.alpha.len();
     let (vals, vecs) = t.eig();
     let b_last = if t.invariant { 0.0 } else { t.beta[m - 1] };
@@ -328,7 +314,7 @@ pub fn slq(
         let start: Vec<f64> = (0..dim)
             .map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 })
             .collect();
-        let t = tridiagonalise(dim, a, start, iters, Until::Budget);
+        let t = tridiagonalise(dim, a, start, iters, None);
         let m = t.alpha.len();
         iterations = iterations.max(m);
         let (vals, vecs) = t.eig();
@@ -424,8 +410,8 @@ mod tests {
         let mut a = |v: &[f64]| v.iter().zip(&d).map(|(x, y)| x * y).collect::<Vec<_>>();
         let tol = 1e-6;
         let (start, budget) = (random_start(200, 7), 60);
-        let early = lanczos_until_converged(200, &mut a, start.clone(), 1, budget, tol);
-        let full = lanczos_from(200, &mut a, start, 1, budget, tol);
+        let early = lanczos_from(200, &mut a, start.clone(), 1, budget, tol, Until::Converged);
+        let full = lanczos_from(200, &mut a, start, 1, budget, tol, Until::Budget);
         let (e, f) = (&early.top[0], &full.top[0]);
         assert!(early.iterations < budget, "{} steps", early.iterations);
         assert_eq!(full.iterations, budget);
@@ -436,7 +422,15 @@ mod tests {
 
         let d: Vec<f64> = (1..=400).map(|v| (v as f64).sqrt()).collect();
         let mut a = |v: &[f64]| v.iter().zip(&d).map(|(x, y)| x * y).collect::<Vec<_>>();
-        let r = lanczos_until_converged(400, &mut a, random_start(400, 3), 1, 12, 1e-8);
+        let r = lanczos_from(
+            400,
+            &mut a,
+            random_start(400, 3),
+            1,
+            12,
+            1e-8,
+            Until::Converged,
+        );
         assert_eq!(r.iterations, 12);
         assert!(!r.top[0].converged);
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::alignment::{directional, exact_alignment, top_spectrum};
 use crate::gram::gram;
 use crate::hutchinson::hutchinson;
-use crate::lanczos::{lanczos, lanczos_until_converged, random_start};
+use crate::lanczos::{Until, lanczos, lanczos_from, random_start};
 use crate::report::{Cutoffs, Ratio, eps_of};
 use crate::{GeometryError, ProbeOps};
 
@@ -151,7 +151,15 @@ pub fn track<B: Kernels>(ops: &ProbeOps<B>, opt: &TrackOptions) -> Result<Tracke
             .filter(|v| opt.warm_start && v.iter().any(|x| *x != 0.0))
             .unwrap_or_else(|| random_start(ops.p, opt.seed ^ 1));
         // The run ends once λ_max(H) has converged (`iters` steps at most).
-        let h = lanczos_until_converged(ops.p, hv, start, 1, iters, cut.ritz_tolerance);
+        let h = lanczos_from(
+            ops.p,
+            hv,
+            start,
+            1,
+            iters,
+            cut.ritz_tolerance,
+            Until::Converged,
+        );
         t.lambda_max_h = h.top.first().map(|r| r.value);
         t.lambda_max_h_residual = h.top.first().map(|r| r.residual);
         t.lambda_max_h_steps = Some(h.iterations);

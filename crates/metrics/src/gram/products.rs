@@ -138,10 +138,9 @@ impl<'a, B: Kernels> Products<'a, B> {
 
     /// Outputs whose host products are formed at once (not `mirror`): on the turn of the
     /// group's first output g0, the rows of outputs g0..g0 + group against the outputs from
-    /// g0's `from` on, held in `outs[0]`. One GEMM about [`GROUP_ROWS`] tall runs at about
-    /// 2.5× the rate of as many 64-row ones (measured at 56,320 columns: 0.31 s against 0.75 s
-    /// for the quickstart's conv rows), which outweighs the blocks below the diagonal it also
-    /// forms.
+    /// g0's `from` on, held in `outs[0]`. One GEMM about [`GROUP_ROWS`] tall runs at a
+    /// much higher rate than as many short ones (af292e1's commit message has the
+    /// measurement), which outweighs the blocks below the diagonal it also forms.
     fn group(source: &Source<'a, B>, mirror: bool, bi: usize) -> usize {
         match source {
             Source::Host { .. } if !mirror => (GROUP_ROWS / bi.max(1)).max(1),
