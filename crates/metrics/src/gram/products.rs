@@ -238,9 +238,10 @@ impl<'a, B: Kernels> Products<'a, B> {
                 mirror,
                 outs,
             } => {
-                let group = Self::group(source, *mirror, bi);
-                if group > 1 {
-                    // Rows of outputs g0.. against the outputs from g0's `from` on.
+                if !*mirror {
+                    // Output o's rows are in the GEMM of its group (a group of one on the
+                    // device): rows of outputs g0.. against the outputs from g0's `from` on.
+                    let group = Self::group(source, false, bi);
                     let g0 = o - o % group;
                     let (from, _) = Self::span(false, diag, g0);
                     let stride = (c - from) * bj;
@@ -251,7 +252,8 @@ impl<'a, B: Kernels> Products<'a, B> {
                         weight,
                     });
                 }
-                let (from, slot) = Self::span(*mirror, diag, o);
+                // Symmetric products, each output's kept in slot o.
+                let (from, slot) = Self::span(true, diag, o);
                 Some(if o2 >= from {
                     Term {
                         data: Some(&outs[slot]),
