@@ -175,30 +175,7 @@ fn wgpu_run<J: Job>(_job: J) -> anyhow::Result<J::Output> {
 /// The adapter wgpu would use, or a one-line error naming the CPU fallback.
 #[cfg(feature = "wgpu")]
 pub fn first_adapter() -> anyhow::Result<String> {
-    // burn's wgpu backend runs on Metal on macOS and on Vulkan everywhere else; look there.
-    let native = if cfg!(target_os = "macos") {
-        wgpu::Backends::METAL
-    } else {
-        wgpu::Backends::VULKAN
-    };
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = native;
-    let instance = wgpu::Instance::new(desc);
-    let adapters = pollster::block_on(instance.enumerate_adapters(native));
-    let best = adapters
-        .iter()
-        .map(|a| a.get_info())
-        .max_by_key(|i| match i.device_type {
-            wgpu::DeviceType::DiscreteGpu => 4,
-            wgpu::DeviceType::IntegratedGpu => 3,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Cpu => 1,
-            wgpu::DeviceType::Other => 0,
-        });
-    match best {
-        Some(i) => Ok(format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)),
-        None => anyhow::bail!(no_adapter_message()),
-    }
+    noisegeom_kernels::device_conv::adapter().ok_or_else(|| anyhow::anyhow!(no_adapter_message()))
 }
 
 #[cfg(feature = "wgpu")]

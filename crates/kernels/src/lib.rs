@@ -6,15 +6,20 @@
 //! - [`flex`]: autodiff ops of their own on `Autodiff<Flex>`, the trainer's CPU backend,
 //!   built on the two;
 //! - [`sgd`]: the SGD update in one pass over host memory;
+//! - `device_conv` (feature `wgpu`): a convolution of its own on burn's wgpu backend, three
+//!   cubecl kernels queued on burn's fusion stream;
 //! - [`read`]: every read of a tensor into host memory goes through it, counted (on a GPU
 //!   each read waits for the device: a host sync).
 //!
 //! [`Kernels`] is the dispatch point. Every backend the suite runs on implements it, and its
 //! implementation says what that backend provides: models call [`Kernels::dense`] and
 //! [`Kernels::conv`] with the [`Pass`] they are in, and the compiler picks the code. The
-//! generic default is burn's own ops, so a backend without host kernels (wgpu) runs those.
+//! generic default is burn's own ops; wgpu runs those but for its convolution in first-order
+//! passes.
 
 pub mod conv;
+#[cfg(feature = "wgpu")]
+pub mod device_conv;
 pub mod flex;
 pub mod gemm;
 pub mod sgd;
@@ -235,9 +240,23 @@ macro_rules! ndarray_kernels {
 ndarray_kernels!(f32);
 ndarray_kernels!(f64);
 
-/// wgpu: burn's ops (cubecl kernels) everywhere.
+/// wgpu: burn's ops (cubecl kernels), but for the convolution under one autodiff decorator,
+/// which runs [`device_conv`]'s kernels.
 #[cfg(feature = "wgpu")]
-impl Kernels for burn::backend::Wgpu {}
+impl Kernels for burn::backend::Wgpu {
+    fn autodiff_conv(
+        x: Tensor<Autodiff<Self>, 4>,
+        w: Tensor<Autodiff<Self>, 4>,
+        b: Option<Tensor<Autodiff<Self>, 1>>,
+        geom: ConvGeom,
+        pass: Pass,
+    ) -> Tensor<Autodiff<Self>, 4> {
+        match pass {
+            Pass::Generic => generic_conv2d(x, w, b, geom),
+            Pass::FirstOrder | Pass::Train => device_conv::conv2d(x, w, b, geom),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,10 @@ use crate::conv::{ConvGeom, im2col};
 type F64 = NdArray<f64>;
 type Ad = Autodiff<F64>;
 
+/// Tests that record an autodiff graph hold this: two threads running `backward` at once can
+/// drop gradients in burn 0.21 (burn #5573).
+static GRAPH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn dev() -> burn::tensor::Device<F64> {
     Default::default()
 }
@@ -82,7 +86,7 @@ fn im2col_matches_hand_written_patches() {
 /// output (patches kept or not), ∂W, ∂b and ∂x to round-off.
 #[test]
 fn host_conv_kernels_match_burns_conv_in_f64() {
-    // The only test here that records an autodiff graph: no lock against burn #5573.
+    let _graph = GRAPH.lock().unwrap_or_else(|e| e.into_inner());
     use crate::conv::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
@@ -208,4 +212,122 @@ fn host_conv_param_grads_do_not_depend_on_the_thread_count() {
     let one = on(1);
     assert_eq!(one, on(3));
     assert!(one.0.iter().any(|&v| v != 0.0));
+}
+
+/// The wgpu convolution (`device_conv`) under autodiff against the host convolution in f64
+/// (itself checked against burn's above): the output, ∂x, ∂W and ∂b to f32 round-off, on
+/// kernels 1, 3 and 5, strides 1 to 3, paddings 0 to 2, channel counts that divide no tile,
+/// a strided (transposed) input, runs of several samples in the weight gradient, and with
+/// only the input or only the parameters tracked (a JVP's two layers).
+#[cfg(feature = "wgpu")]
+#[test]
+fn device_conv_matches_the_host_conv_in_f64() {
+    use crate::conv::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
+    use burn::backend::Wgpu;
+    use std::io::Write;
+    let Some(adapter) = crate::device_conv::adapter() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED device_conv_matches_the_host_conv_in_f64: no wgpu adapter (apt-get install mesa-vulkan-drivers to run it)"
+        );
+        return;
+    };
+    let _graph = GRAPH.lock().unwrap_or_else(|e| e.into_inner());
+    type Ad = Autodiff<Wgpu>;
+    let device = Default::default();
+    let vals = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|k| (((k + seed) * 7919 % 211) as f32 - 105.0) / 53.0)
+            .collect()
+    };
+    let wide = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+    let got = |t: TensorData| wide(&t.convert::<f32>().to_vec::<f32>().unwrap());
+    // (n, c_in, h, w, c_out, kernel, stride, padding, transposed input, tracked: x, params)
+    let cases = [
+        (3, 2, 5, 5, 4, 3, 1, 1, false, true, true),
+        (2, 3, 7, 6, 5, 3, 2, 1, false, true, true),
+        (2, 2, 6, 6, 3, 3, 2, 0, true, true, true),
+        (3, 4, 4, 5, 2, 1, 1, 0, false, true, true),
+        (2, 2, 7, 8, 3, 3, 3, 1, false, true, true),
+        (1, 2, 6, 5, 2, 5, 2, 2, false, true, true),
+        (9, 48, 11, 9, 24, 3, 2, 1, true, true, true),
+        (300, 64, 5, 6, 64, 3, 2, 1, false, true, true),
+        (4, 16, 8, 8, 32, 3, 1, 1, false, false, true),
+        (4, 16, 8, 8, 32, 3, 1, 1, false, true, false),
+    ];
+    for (n, c_in, h, w, c_out, kernel, stride, padding, transposed, track_x, track_p) in cases {
+        let geom = ConvGeom {
+            kernel,
+            stride,
+            padding,
+        };
+        let s = ConvShape {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            geom,
+        };
+        let case =
+            format!("{s:?}, transposed {transposed}, tracked {track_x}/{track_p} on {adapter}");
+        let (xv, wv, bv) = (
+            vals(n * c_in * h * w, 1),
+            vals(c_out * c_in * kernel * kernel, 2),
+            vals(c_out, 3),
+        );
+        let (ho, wo) = (geom.out_len(h), geom.out_len(w));
+        let rv = vals(n * c_out * ho * wo, 4);
+        let x = if transposed {
+            // The same values through a view whose last two strides are swapped.
+            let mut t = vec![0.0; xv.len()];
+            for (i, v) in xv.iter().enumerate() {
+                let (plane, yx) = (i / (h * w), i % (h * w));
+                t[plane * h * w + (yx % w) * h + yx / w] = *v;
+            }
+            Tensor::<Ad, 4>::from_data(TensorData::new(t, [n, c_in, w, h]), &device).swap_dims(2, 3)
+        } else {
+            Tensor::<Ad, 4>::from_data(TensorData::new(xv.clone(), [n, c_in, h, w]), &device)
+        };
+        let x = if track_x { x.require_grad() } else { x };
+        let wt = Tensor::<Ad, 4>::from_data(
+            TensorData::new(wv.clone(), [c_out, c_in, kernel, kernel]),
+            &device,
+        );
+        let bt = Tensor::<Ad, 1>::from_data(TensorData::new(bv.clone(), [c_out]), &device);
+        let (wt, bt) = if track_p {
+            (wt.require_grad(), bt.require_grad())
+        } else {
+            (wt, bt)
+        };
+        let z = crate::device_conv::conv2d(x.clone(), wt.clone(), Some(bt.clone()), geom);
+        let r =
+            Tensor::<Ad, 4>::from_data(TensorData::new(rv.clone(), [n, c_out, ho, wo]), &device);
+        let grads = (z.clone() * r).sum().backward();
+        let (xv, wv, bv, rv) = (wide(&xv), wide(&wv), wide(&bv), wide(&rv));
+        let (want_z, u) = conv_forward(&xv, &wv, Some(&bv), s, true);
+        assert!(rel(&got(z.into_data()), &want_z) < 1e-5, "{case}: output");
+        if track_x {
+            let dx = conv_input_grad(&rv, &wv, s);
+            assert!(
+                rel(&got(x.grad(&grads).unwrap().into_data()), &dx) < 1e-5,
+                "{case}: ∂x"
+            );
+        } else {
+            assert!(x.grad(&grads).is_none(), "{case}: ∂x of a constant");
+        }
+        if track_p {
+            let (dw, db) = conv_param_grads(&rv, &u.unwrap(), s);
+            assert!(
+                rel(&got(wt.grad(&grads).unwrap().into_data()), &dw) < 1e-5,
+                "{case}: ∂W"
+            );
+            assert!(
+                rel(&got(bt.grad(&grads).unwrap().into_data()), &db) < 1e-5,
+                "{case}: ∂b"
+            );
+        } else {
+            assert!(wt.grad(&grads).is_none(), "{case}: ∂W of a constant");
+        }
+    }
 }
