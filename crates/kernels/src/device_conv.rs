@@ -59,6 +59,88 @@ struct Dims {
     runs: u32,
 }
 
+/// `dst[i] = src[base + (first + step·i)·stride]` for `i < u`, zero where `first + step·i`
+/// falls outside `0..len` (the padding).
+#[cube]
+fn load_row(
+    src: &Tensor<f32>,
+    base: usize,
+    stride: usize,
+    first: i32,
+    step: i32,
+    len: i32,
+    dst: &mut Array<f32>,
+    #[comptime] u: u32,
+) {
+    #[unroll]
+    for i in 0..u {
+        let at = first + step * i as i32;
+        let inside = at >= 0 && at < len;
+        let clamped = clamp(at, 0, len - 1) as usize;
+        dst[i as usize] = select(inside, src[base + clamped * stride], 0.0);
+    }
+}
+
+/// `dst[j] = src[base + j·stride]` for `j < t`.
+#[cube]
+fn load_strided(
+    src: &Tensor<f32>,
+    base: usize,
+    stride: usize,
+    dst: &mut Array<f32>,
+    #[comptime] t: u32,
+) {
+    #[unroll]
+    for j in 0..t {
+        dst[j as usize] = src[base + j as usize * stride];
+    }
+}
+
+/// `acc[j·u + i] += a[i]·b[j]`: the register tile's update.
+#[cube]
+fn outer_add(
+    acc: &mut Array<f32>,
+    a: &Array<f32>,
+    b: &Array<f32>,
+    #[comptime] t: u32,
+    #[comptime] u: u32,
+) {
+    #[unroll]
+    for j in 0..t {
+        #[unroll]
+        for i in 0..u {
+            acc[(j * u + i) as usize] += a[i as usize] * b[j as usize];
+        }
+    }
+}
+
+/// Writes the tile `acc[j·u + i]` to `out[base + j·plane + first + step·i]` for the pixels
+/// `first + step·i < len`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_tile(
+    out: &mut Tensor<f32>,
+    acc: &Array<f32>,
+    base: u32,
+    plane: u32,
+    first: u32,
+    step: u32,
+    len: u32,
+    #[comptime] t: u32,
+    #[comptime] u: u32,
+) {
+    #[unroll]
+    for i in 0..u {
+        let at = first + step * i;
+        if at < len {
+            #[unroll]
+            for j in 0..t {
+                out[(base + j * plane + at) as usize] = acc[(j * u + i) as usize];
+            }
+        }
+    }
+}
+
 /// `y[n, co, oy, ox] = b[co] + Σ x[n, ci, oy·s + kh − p, ox·s + kw − p] · w[co, ci, kh, kw]`.
 /// One thread: sample `n`, output channels `co0..co0 + t`, row `oy`, pixels `ox0..ox0 + u`.
 #[cube(launch)]
@@ -104,40 +186,26 @@ fn forward_kernel(
             if iy >= 0 && iy < d.h as i32 {
                 let xr = xb + iy as usize * x.stride(2);
                 for kw in 0..k {
-                    #[unroll]
-                    for i in 0..u {
-                        let ix = ((ox0 + i) * d.stride + kw) as i32 - d.pad as i32;
-                        let inside = ix >= 0 && ix < d.w as i32;
-                        let at = clamp(ix, 0, d.w as i32 - 1) as usize;
-                        xv[i as usize] = select(inside, x[xr + at * x.stride(3)], 0.0);
-                    }
+                    let ix0 = (ox0 * d.stride + kw) as i32 - d.pad as i32;
+                    load_row(
+                        x,
+                        xr,
+                        x.stride(3),
+                        ix0,
+                        d.stride as i32,
+                        d.w as i32,
+                        &mut xv,
+                        u,
+                    );
                     let wk = wb + kh as usize * wt.stride(2) + kw as usize * wt.stride(3);
-                    #[unroll]
-                    for j in 0..t {
-                        wv[j as usize] = wt[wk + j as usize * wt.stride(0)];
-                    }
-                    #[unroll]
-                    for j in 0..t {
-                        #[unroll]
-                        for i in 0..u {
-                            acc[(j * u + i) as usize] += xv[i as usize] * wv[j as usize];
-                        }
-                    }
+                    load_strided(wt, wk, wt.stride(0), &mut wv, t);
+                    outer_add(&mut acc, &xv, &wv, t, u);
                 }
             }
         }
     }
-    #[unroll]
-    for i in 0..u {
-        let ox = ox0 + i;
-        if ox < d.wo {
-            let ob = ((n * d.c_out + co0) * d.ho + oy) * d.wo + ox;
-            #[unroll]
-            for j in 0..t {
-                out[(ob + j * d.ho * d.wo) as usize] = acc[(j * u + i) as usize];
-            }
-        }
-    }
+    let row = ((n * d.c_out + co0) * d.ho + oy) * d.wo;
+    store_tile(out, &acc, row, d.ho * d.wo, ox0, 1, d.wo, t, u);
 }
 
 /// `∂x[n, ci, y, x] = Σ ∂y[n, co, oy, ox] · w[co, ci, kh, kw]` over `y = oy·s + kh − p`,
@@ -193,41 +261,28 @@ fn input_grad_kernel(
                         + kw as usize * wt.stride(3);
                     for co in 0..d.c_out {
                         let dc = db + co as usize * dy.stride(1);
-                        #[unroll]
-                        for i in 0..u {
-                            let ox = (q0 + i) as i32 + shift;
-                            let inside = ox >= 0 && ox < d.wo as i32;
-                            let at = clamp(ox, 0, d.wo as i32 - 1) as usize;
-                            g[i as usize] = select(inside, dy[dc + at * dy.stride(3)], 0.0);
-                        }
+                        let ox0 = q0 as i32 + shift;
+                        load_row(dy, dc, dy.stride(3), ox0, 1, d.wo as i32, &mut g, u);
                         let wc = wb + co as usize * wt.stride(0);
-                        #[unroll]
-                        for j in 0..t {
-                            wv[j as usize] = wt[wc + j as usize * wt.stride(1)];
-                        }
-                        #[unroll]
-                        for j in 0..t {
-                            #[unroll]
-                            for i in 0..u {
-                                acc[(j * u + i) as usize] += g[i as usize] * wv[j as usize];
-                            }
-                        }
+                        load_strided(wt, wc, wt.stride(1), &mut wv, t);
+                        outer_add(&mut acc, &g, &wv, t, u);
                     }
                 }
             }
         }
     }
-    #[unroll]
-    for i in 0..u {
-        let x = px + d.stride * (q0 + i);
-        if x < d.w {
-            let ob = ((n * d.c_in + ci0) * d.h + y) * d.w + x;
-            #[unroll]
-            for j in 0..t {
-                out[(ob + j * d.h * d.w) as usize] = acc[(j * u + i) as usize];
-            }
-        }
-    }
+    let row = ((n * d.c_in + ci0) * d.h + y) * d.w;
+    store_tile(
+        out,
+        &acc,
+        row,
+        d.h * d.w,
+        px + d.stride * q0,
+        d.stride,
+        d.w,
+        t,
+        u,
+    );
 }
 
 /// Partial weight gradients `out[run, co, ci, kh, kw] = Σ ∂y[n, co, oy, ox] · x[n, ci, iy, ix]`
@@ -266,10 +321,7 @@ fn weight_grad_kernel(
             let iy0 = (oy * d.stride) as i32 - d.pad as i32;
             let dr = db + oy as usize * dy.stride(2);
             for ox in 0..d.wo {
-                #[unroll]
-                for j in 0..t {
-                    g[j as usize] = dy[dr + j as usize * dy.stride(1) + ox as usize * dy.stride(3)];
-                }
+                load_strided(dy, dr + ox as usize * dy.stride(3), dy.stride(1), &mut g, t);
                 let ix0 = (ox * d.stride) as i32 - d.pad as i32;
                 #[unroll]
                 for kh in 0..k {

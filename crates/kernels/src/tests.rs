@@ -24,6 +24,50 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
+/// Deterministic values in [−2, 2].
+fn vals(len: usize, seed: usize) -> Vec<f64> {
+    (0..len)
+        .map(|k| (((k + seed) * 7919 % 211) as f64 - 105.0) / 53.0)
+        .collect()
+}
+
+/// A convolution's sizes `(n, c_in, h, w, c_out, kernel, stride, padding)` as a
+/// [`ConvShape`](crate::conv::ConvShape), with values for x, W, b and the output's cotangent.
+fn conv_case(
+    (n, c_in, h, w, c_out, kernel, stride, padding): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    ),
+) -> (crate::conv::ConvShape, [Vec<f64>; 4]) {
+    let geom = ConvGeom {
+        kernel,
+        stride,
+        padding,
+    };
+    let s = crate::conv::ConvShape {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        geom,
+    };
+    let out = n * c_out * geom.out_len(h) * geom.out_len(w);
+    let values = [
+        vals(n * c_in * h * w, 1),
+        vals(c_out * c_in * kernel * kernel, 2),
+        vals(c_out, 3),
+        vals(out, 4),
+    ];
+    (s, values)
+}
+
 #[test]
 fn im2col_matches_hand_written_patches() {
     // x = 1..9 as one 3×3 plane.
@@ -90,12 +134,7 @@ fn host_conv_kernels_match_burns_conv_in_f64() {
     use crate::conv::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-    let vals = |len: usize, seed: usize| -> Vec<f64> {
-        (0..len)
-            .map(|k| (((k + seed) * 7919 % 211) as f64 - 105.0) / 53.0)
-            .collect()
-    };
-    for (n, c_in, h, w, c_out, kernel, stride, padding) in [
+    for sizes in [
         (3, 2, 5, 5, 4, 3, 1, 1),
         (2, 3, 7, 6, 5, 3, 2, 1),
         (2, 2, 6, 6, 3, 3, 2, 0),
@@ -104,26 +143,17 @@ fn host_conv_kernels_match_burns_conv_in_f64() {
         (2, 2, 7, 8, 3, 3, 3, 1),
         (1, 2, 6, 5, 2, 5, 2, 2),
     ] {
-        let geom = ConvGeom {
-            kernel,
-            stride,
-            padding,
-        };
-        let s = ConvShape {
+        let (s, [xv, wv, bv, rv]) = conv_case(sizes);
+        let ConvShape {
             n,
             c_in,
             h,
             w,
             c_out,
             geom,
-        };
-        let (xv, wv, bv) = (
-            vals(n * c_in * h * w, 1),
-            vals(c_out * c_in * kernel * kernel, 2),
-            vals(c_out, 3),
-        );
+        } = s;
+        let (kernel, stride, padding) = (geom.kernel, geom.stride, geom.padding);
         let (ho, wo) = (geom.out_len(h), geom.out_len(w));
-        let rv = vals(n * c_out * ho * wo, 4);
         let x = Tensor::<Ad, 4>::from_data(TensorData::new(xv.clone(), [n, c_in, h, w]), &dev())
             .require_grad();
         let wt = Tensor::<Ad, 4>::from_data(
@@ -193,11 +223,7 @@ fn host_conv_param_grads_do_not_depend_on_the_thread_count() {
             padding: 1,
         },
     };
-    let vals = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|k| ((k * 7919 % 211) as f32 - 105.0) / 53.0)
-            .collect()
-    };
+    let vals = |len: usize| -> Vec<f32> { vals(len, 0).into_iter().map(|v| v as f32).collect() };
     let x = vals(s.n * s.c_in * s.h * s.w);
     let dz = vals(s.n * s.c_out * s.p());
     let (_, u) = conv_forward(&x, &vals(s.c_out * s.k()), None, s, true);
@@ -222,7 +248,7 @@ fn host_conv_param_grads_do_not_depend_on_the_thread_count() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn device_conv_matches_the_host_conv_in_f64() {
-    use crate::conv::{ConvShape, conv_forward, conv_input_grad, conv_param_grads};
+    use crate::conv::{conv_forward, conv_input_grad, conv_param_grads};
     use burn::backend::Wgpu;
     use std::io::Write;
     let Some(adapter) = crate::device_conv::adapter() else {
@@ -235,11 +261,6 @@ fn device_conv_matches_the_host_conv_in_f64() {
     let _graph = GRAPH.lock().unwrap_or_else(|e| e.into_inner());
     type Ad = Autodiff<Wgpu>;
     let device = Default::default();
-    let vals = |len: usize, seed: usize| -> Vec<f32> {
-        (0..len)
-            .map(|k| (((k + seed) * 7919 % 211) as f32 - 105.0) / 53.0)
-            .collect()
-    };
     let wide = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
     let got = |t: TensorData| wide(&t.convert::<f32>().to_vec::<f32>().unwrap());
     // (n, c_in, h, w, c_out, kernel, stride, padding, transposed input, tracked: x, params)
@@ -256,28 +277,12 @@ fn device_conv_matches_the_host_conv_in_f64() {
         (4, 16, 8, 8, 32, 3, 1, 1, false, true, false),
     ];
     for (n, c_in, h, w, c_out, kernel, stride, padding, transposed, track_x, track_p) in cases {
-        let geom = ConvGeom {
-            kernel,
-            stride,
-            padding,
-        };
-        let s = ConvShape {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            geom,
-        };
+        let (s, values) = conv_case((n, c_in, h, w, c_out, kernel, stride, padding));
         let case =
             format!("{s:?}, transposed {transposed}, tracked {track_x}/{track_p} on {adapter}");
-        let (xv, wv, bv) = (
-            vals(n * c_in * h * w, 1),
-            vals(c_out * c_in * kernel * kernel, 2),
-            vals(c_out, 3),
-        );
+        let [xv, wv, bv, rv] = values.map(|v| v.iter().map(|&a| a as f32).collect::<Vec<f32>>());
+        let geom = s.geom;
         let (ho, wo) = (geom.out_len(h), geom.out_len(w));
-        let rv = vals(n * c_out * ho * wo, 4);
         let x = if transposed {
             // The same values through a view whose last two strides are swapped.
             let mut t = vec![0.0; xv.len()];
