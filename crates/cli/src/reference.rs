@@ -170,10 +170,11 @@ fn documented_output_fields_exist_in_the_code() {
     assert!(checked > 500, "{checked} fields");
 }
 
-/// README's performance table is what its results files say: each side's time is the median
-/// over rounds of each round's median (`results/bench/noisegeom-cpu.json`,
+/// README's performance tables are what their results files say: in the CPU table each side's
+/// time is the median over rounds of each round's median (`results/bench/noisegeom-cpu.json`,
 /// `pytorch-cpu.json`), and the ratio PyTorch's time over ours for training, ours over
-/// PyTorch's otherwise, as README states.
+/// PyTorch's otherwise, as README states; the lavapipe table's ratios and counts are those of
+/// `results/bench/wgpu-lavapipe-counts.json`.
 #[test]
 fn readme_performance_table_matches_its_results_files() {
     let medians = |file: &str| -> std::collections::BTreeMap<String, f64> {
@@ -206,11 +207,32 @@ fn readme_performance_table_matches_its_results_files() {
         .split("\n## ")
         .next()
         .unwrap();
+    // The section's tables: runs of lines that start with `|`, each named by its header row.
+    let mut tables: Vec<Vec<&str>> = Vec::new();
+    let mut previous_was_row = false;
+    for line in table.lines() {
+        let row = line.starts_with('|');
+        if row && !previous_was_row {
+            tables.push(Vec::new());
+        }
+        if row {
+            tables.last_mut().unwrap().push(line);
+        }
+        previous_was_row = row;
+    }
+    let named = |header: &str| -> Vec<&str> {
+        tables
+            .iter()
+            .find(|t| t[0].starts_with(header))
+            .unwrap_or_else(|| panic!("README's performance section has no `{header}` table"))
+            .iter()
+            .skip(2)
+            .copied()
+            .collect()
+    };
+    lavapipe_table_matches_its_results_file(&named("| wgpu |"), &tables);
     let mut rows = 0;
-    for line in table
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| workload"))
-    {
+    for line in named("| workload | noisegeom") {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         let workload = cells[1].split_whitespace().next().unwrap();
         let (a, b, ratio): (f64, f64, f64) = (
@@ -238,4 +260,43 @@ fn readme_performance_table_matches_its_results_files() {
         rows += 1;
     }
     assert_eq!(rows, 9, "README's performance rows");
+}
+
+/// README's lavapipe table against `results/bench/wgpu-lavapipe-counts.json`: per workload
+/// the wgpu median over the flex one, and the launches and host reads per wgpu call.
+fn lavapipe_table_matches_its_results_file(rows: &[&str], tables: &[Vec<&str>]) {
+    let v: serde_json::Value =
+        serde_json::from_str(&doc("results/bench/wgpu-lavapipe-counts.json")).unwrap();
+    let timing = |workload: &str, backend: &str| -> &serde_json::Value {
+        v["timings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["workload"] == workload && t["backend"].as_str().unwrap().contains(backend))
+            .unwrap_or_else(|| panic!("no {backend} timing of {workload}"))
+    };
+    let header = tables
+        .iter()
+        .find(|t| t[0].starts_with("| wgpu |"))
+        .unwrap()[0];
+    let cells =
+        |line: &str| -> Vec<String> { line.split('|').map(|c| c.trim().to_string()).collect() };
+    let workloads = cells(header);
+    let (ratios, counts) = (cells(rows[0]), cells(rows[1]));
+    assert_eq!(rows.len(), 2, "the lavapipe table's rows");
+    for (i, workload) in workloads.iter().enumerate().skip(2) {
+        if workload.is_empty() {
+            continue;
+        }
+        let (gpu, flex) = (timing(workload, "wgpu"), timing(workload, "flex"));
+        let ratio = gpu["median_s"].as_f64().unwrap() / flex["median_s"].as_f64().unwrap();
+        assert_eq!(format!("{ratio:.1}"), ratios[i], "{workload}: wgpu ÷ flex");
+        let launches = gpu["kernels"]["launches_per_call"].as_f64().unwrap();
+        let reads = gpu["host_reads_per_call"].as_f64().unwrap();
+        assert_eq!(
+            format!("{launches:.0} / {reads:.0}"),
+            counts[i],
+            "{workload}: counts"
+        );
+    }
 }
