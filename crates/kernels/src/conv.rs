@@ -47,13 +47,30 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// The sizes of `conv2d(x, w)` for `x: [n, c_in, h, w]` and `w: [c_out, c_in, k, k]`.
+    pub fn of(x: [usize; 4], w: [usize; 4], geom: ConvGeom) -> Self {
+        let [n, c_in, h, w_in] = x;
+        ConvShape {
+            n,
+            c_in,
+            h,
+            w: w_in,
+            c_out: w[0],
+            geom,
+        }
+    }
+    /// The output's sides, (h', w').
+    pub fn out(&self) -> (usize, usize) {
+        (self.geom.out_len(self.h), self.geom.out_len(self.w))
+    }
     /// Rows of a sample's patches, c_in·k² (the weight's row length).
     pub fn k(&self) -> usize {
         self.c_in * self.geom.kernel * self.geom.kernel
     }
     /// Output positions per sample, h'·w'.
     pub fn p(&self) -> usize {
-        self.geom.out_len(self.h) * self.geom.out_len(self.w)
+        let (ho, wo) = self.out();
+        ho * wo
     }
     fn input_len(&self) -> usize {
         self.c_in * self.h * self.w

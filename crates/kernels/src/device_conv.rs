@@ -358,10 +358,6 @@ fn weight_grad_kernel(
 /// GPU's cores, each thread summing over at least one sample.
 const WEIGHT_GRAD_THREADS: usize = 1 << 16;
 
-fn out_size(d: &ConvShape) -> (usize, usize) {
-    (d.geom.out_len(d.h), d.geom.out_len(d.w))
-}
-
 /// The weight gradient's runs of samples: (samples per run, runs).
 fn runs(d: &ConvShape) -> (usize, usize) {
     let per_run = d.c_out / weight_grad_tile(d) * d.c_in;
@@ -371,7 +367,7 @@ fn runs(d: &ConvShape) -> (usize, usize) {
 }
 
 fn launch_dims(d: &ConvShape) -> DimsLaunch<WgpuRuntime> {
-    let (ho, wo) = out_size(d);
+    let (ho, wo) = d.out();
     let (per_run, runs) = runs(d);
     let u = |v: usize| u32::try_from(v).expect("a convolution size fits in u32");
     DimsLaunch::new(
@@ -450,7 +446,7 @@ impl Stage {
     }
 
     fn out_shape(self, d: &ConvShape) -> Vec<usize> {
-        let (ho, wo) = out_size(d);
+        let (ho, wo) = d.out();
         let k = d.geom.kernel;
         match self {
             Stage::Forward => vec![d.n, d.c_out, ho, wo],
@@ -462,7 +458,7 @@ impl Stage {
     /// Runs the stage's kernel on device tensors.
     fn run(self, d: &ConvShape, inputs: Vec<CubeTensor<WgpuRuntime>>) -> CubeTensor<WgpuRuntime> {
         let out = empty(&inputs[0], self.out_shape(d));
-        let (ho, wo) = out_size(d);
+        let (ho, wo) = d.out();
         let k = d.geom.kernel as u32;
         let client = out.client.clone();
         let mut inputs = inputs.into_iter().map(|t| t.into_tensor_arg());
@@ -633,17 +629,8 @@ pub fn conv2d(
     b: Option<BTensor<AdWgpu, 1>>,
     geom: ConvGeom,
 ) -> BTensor<AdWgpu, 4> {
-    let [n, c_in, h, wd] = x.dims();
-    let [c_out, ..] = w.dims();
-    let b = b.unwrap_or_else(|| BTensor::zeros([c_out], &w.device()));
-    let dims = ConvShape {
-        n,
-        c_in,
-        h,
-        w: wd,
-        c_out,
-        geom,
-    };
+    let dims = ConvShape::of(x.dims(), w.dims(), geom);
+    let b = b.unwrap_or_else(|| BTensor::zeros([dims.c_out], &w.device()));
     let (x, w, b) = (ad(x), ad(w), ad(b));
     let run = || {
         queue(

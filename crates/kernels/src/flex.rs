@@ -213,17 +213,8 @@ pub fn conv2d(
     b: Option<Tensor<AdFlex, 1>>,
     geom: ConvGeom,
 ) -> Tensor<AdFlex, 4> {
-    let [n, c_in, h, wd] = x.dims();
-    let [c_out, ..] = w.dims();
-    let b = b.unwrap_or_else(|| Tensor::zeros([c_out], &w.device()));
-    let s = ConvShape {
-        n,
-        c_in,
-        h,
-        w: wd,
-        c_out,
-        geom,
-    };
+    let s = ConvShape::of(x.dims(), w.dims(), geom);
+    let b = b.unwrap_or_else(|| Tensor::zeros([s.c_out], &w.device()));
     let (x, w, b) = (ad(x), ad(w), ad(b));
     let run = |keep: bool| {
         conv_forward(
@@ -234,7 +225,8 @@ pub fn conv2d(
             keep,
         )
     };
-    let out_shape = [n, c_out, geom.out_len(h), geom.out_len(wd)];
+    let (ho, wo) = s.out();
+    let out_shape = [s.n, s.c_out, ho, wo];
     let out = match ConvBackward
         .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
         .compute_bound()

@@ -50,15 +50,8 @@ fn conv_case(
         stride,
         padding,
     };
-    let s = crate::conv::ConvShape {
-        n,
-        c_in,
-        h,
-        w,
-        c_out,
-        geom,
-    };
-    let out = n * c_out * geom.out_len(h) * geom.out_len(w);
+    let s = crate::conv::ConvShape::of([n, c_in, h, w], [c_out, c_in, kernel, kernel], geom);
+    let out = n * c_out * s.p();
     let values = [
         vals(n * c_in * h * w, 1),
         vals(c_out * c_in * kernel * kernel, 2),
@@ -153,7 +146,7 @@ fn host_conv_kernels_match_burns_conv_in_f64() {
             geom,
         } = s;
         let (kernel, stride, padding) = (geom.kernel, geom.stride, geom.padding);
-        let (ho, wo) = (geom.out_len(h), geom.out_len(w));
+        let (ho, wo) = s.out();
         let x = Tensor::<Ad, 4>::from_data(TensorData::new(xv.clone(), [n, c_in, h, w]), &dev())
             .require_grad();
         let wt = Tensor::<Ad, 4>::from_data(
@@ -282,7 +275,7 @@ fn device_conv_matches_the_host_conv_in_f64() {
             format!("{s:?}, transposed {transposed}, tracked {track_x}/{track_p} on {adapter}");
         let [xv, wv, bv, rv] = values.map(|v| v.iter().map(|&a| a as f32).collect::<Vec<f32>>());
         let geom = s.geom;
-        let (ho, wo) = (geom.out_len(h), geom.out_len(w));
+        let (ho, wo) = s.out();
         let x = if transposed {
             // The same values through a view whose last two strides are swapped.
             let mut t = vec![0.0; xv.len()];
