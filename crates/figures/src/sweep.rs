@@ -5,7 +5,8 @@
 //! stable id. [`Sweep::run_shard`] computes the jobs `i ≡ I (mod N)` and writes each result to
 //! `<dir>/jobs/<id>.toml` atomically, so a killed shard leaves only whole files; rerun, it
 //! skips a job whose file is whole and was written for the same figure, config, `--quick`
-//! and numerics version ([`ENGINE_NUMERICS`], [`Figure::NUMERICS`]), and redoes anything
+//! and numerics version ([`ENGINE_NUMERICS`], [`Figure::NUMERICS`], and a device backend's
+//! [`Kernels::NUMERICS`]), and redoes anything
 //! else. The code's git revision is recorded in each job file but is not part of that key,
 //! so a commit that does not change what jobs compute keeps every finished job. `merge` reads the job files in plan order and
 //! writes the figure's results file and plots. Every job's numbers depend only on the config
@@ -158,7 +159,8 @@ struct JobFile<P> {
     quick: bool,
     /// The config as JSON: a job is reused only for the identical config.
     config_key: String,
-    /// [`ENGINE_NUMERICS`]`.`[`Figure::NUMERICS`] of the code that computed it.
+    /// [`ENGINE_NUMERICS`]`.`[`Figure::NUMERICS`] of the code that computed it, then
+    /// `.`[`Kernels::NUMERICS`] for a backend with kernels of its own.
     numerics: String,
     /// The code that computed it (provenance only).
     code: String,
@@ -227,19 +229,26 @@ impl JobState {
 }
 
 impl<'a, F: Figure> Sweep<'a, F> {
+    /// A sweep of `F` on the backend named `backend`, whose own kernels' numerics version is
+    /// `backend_numerics` ([`Kernels::NUMERICS`]).
     pub fn new(
         cfg: &'a F::Config,
         quick: bool,
         out: &'a Output,
         code: String,
         backend: String,
+        backend_numerics: u32,
     ) -> Self {
+        let numerics = match backend_numerics {
+            0 => format!("{ENGINE_NUMERICS}.{}", F::NUMERICS),
+            v => format!("{ENGINE_NUMERICS}.{}.{v}", F::NUMERICS),
+        };
         Sweep {
             cfg,
             quick,
             out,
             code,
-            numerics: format!("{ENGINE_NUMERICS}.{}", F::NUMERICS),
+            numerics,
             backend,
             config_key: serde_json::to_string(cfg).expect("config serialises"),
         }
@@ -497,7 +506,17 @@ mod tests {
     /// Runs every job of `Squares<V>` for `code`; returns how many were computed and the
     /// jobs' states before the run.
     fn run<const V: u32>(cfg: &Cfg, out: &Output, code: &str) -> (usize, Vec<JobState>) {
-        let sweep = Sweep::<Squares<V>>::new(cfg, false, out, code.into(), "cpu".into());
+        run_on::<V>(cfg, out, code, 0)
+    }
+
+    /// [`run`] on a backend whose own kernels' numerics version is `kernels`.
+    fn run_on<const V: u32>(
+        cfg: &Cfg,
+        out: &Output,
+        code: &str,
+        kernels: u32,
+    ) -> (usize, Vec<JobState>) {
+        let sweep = Sweep::<Squares<V>>::new(cfg, false, out, code.into(), "cpu".into(), kernels);
         let before = sweep.status().unwrap().into_iter().map(|j| j.1).collect();
         COMPUTED.with(|c| c.set(0));
         sweep
@@ -531,6 +550,12 @@ mod tests {
             run::<2>(&cfg, &out, "noisegeom 0.1.0 dddd"),
             (0, vec![JobState::Done; 3])
         );
+        // The backend's own kernels changed their rounding: redone, then reused.
+        assert_eq!(
+            run_on::<2>(&cfg, &out, "dddd", 1),
+            (3, vec![JobState::Stale; 3])
+        );
+        assert_eq!(run_on::<2>(&cfg, &out, "dddd", 1).0, 0);
         // Another config is another figure's work.
         let other = Cfg {
             points: vec![1.0, 2.0, 4.0],
@@ -552,7 +577,7 @@ mod tests {
             points: vec![1.0, 2.0, 3.0],
         };
         run::<1>(&cfg, &out, "code");
-        let sweep = Sweep::<Squares<1>>::new(&cfg, false, &out, "code".into(), "cpu".into());
+        let sweep = Sweep::<Squares<1>>::new(&cfg, false, &out, "code".into(), "cpu".into(), 0);
         let path = sweep.job_path("p1");
         let good = std::fs::read(&path).unwrap();
         assert_eq!(sweep.status().unwrap()[1].1, JobState::Done);

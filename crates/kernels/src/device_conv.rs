@@ -662,6 +662,23 @@ pub fn conv2d(
     BTensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// `conv2d(x, w) + b` on `Wgpu` outside autodiff (an evaluation's forward pass) by the
+/// forward kernel.
+pub fn conv2d_forward(
+    x: BTensor<Wgpu, 4>,
+    w: BTensor<Wgpu, 4>,
+    b: Option<BTensor<Wgpu, 1>>,
+    geom: ConvGeom,
+) -> BTensor<Wgpu, 4> {
+    let dims = ConvShape::of(x.dims(), w.dims(), geom);
+    let b = b.unwrap_or_else(|| BTensor::zeros([dims.c_out], &w.device()));
+    tensor(queue(
+        Stage::Forward,
+        dims,
+        vec![fused(x), fused(w), fused(b)],
+    ))
+}
+
 /// Whether burn's wgpu backend has an adapter to run on (Vulkan, or Metal on macOS),
 /// and its name.
 pub fn adapter() -> Option<String> {

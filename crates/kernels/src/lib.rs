@@ -78,6 +78,12 @@ pub trait Kernels: Backend {
     /// round trip.
     const HOST_MEMORY: bool = false;
 
+    /// The version of the rounding of this backend's own kernels (a device backend's): bump
+    /// it in any change that alters a number they compute, so that work done on this backend
+    /// (a figure's finished jobs) is redone. 0 for the host backends, whose kernels the
+    /// figures' engine version covers.
+    const NUMERICS: u32 = 0;
+
     /// `x·Wᵀ + b`, `x: [n, in]`, `w: [out, in]`, `b: [out]`.
     fn dense(
         x: Tensor<Self, 2>,
@@ -160,6 +166,7 @@ pub fn generic_conv2d<B: Backend>(
 
 impl<B: Kernels> Kernels for Autodiff<B> {
     const HOST_MEMORY: bool = B::HOST_MEMORY;
+    const NUMERICS: u32 = B::NUMERICS;
 
     fn dense(
         x: Tensor<Self, 2>,
@@ -240,10 +247,24 @@ macro_rules! ndarray_kernels {
 ndarray_kernels!(f32);
 ndarray_kernels!(f64);
 
-/// wgpu: burn's ops (cubecl kernels), but for the convolution under one autodiff decorator,
-/// which runs [`device_conv`]'s kernels.
+/// wgpu: burn's ops (cubecl kernels), but for the convolution, which runs [`device_conv`]'s
+/// kernels outside autodiff (in any pass: no decorator wraps it) and under one autodiff
+/// decorator.
 #[cfg(feature = "wgpu")]
 impl Kernels for burn::backend::Wgpu {
+    /// 1: the convolution by `device_conv`.
+    const NUMERICS: u32 = 1;
+
+    fn conv(
+        x: Tensor<Self, 4>,
+        w: Tensor<Self, 4>,
+        b: Option<Tensor<Self, 1>>,
+        geom: ConvGeom,
+        _pass: Pass,
+    ) -> Tensor<Self, 4> {
+        device_conv::conv2d_forward(x, w, b, geom)
+    }
+
     fn autodiff_conv(
         x: Tensor<Autodiff<Self>, 4>,
         w: Tensor<Autodiff<Self>, 4>,

@@ -234,7 +234,8 @@ fn host_conv_param_grads_do_not_depend_on_the_thread_count() {
 }
 
 /// The wgpu convolution (`device_conv`) under autodiff against the host convolution in f64
-/// (itself checked against burn's above): the output, ∂x, ∂W and ∂b to f32 round-off, on
+/// (itself checked against burn's above): the output (also outside autodiff), ∂x, ∂W and ∂b
+/// to f32 round-off, on
 /// kernels 1, 3 and 5, strides 1 to 3, paddings 0 to 2, channel counts that divide no tile,
 /// a strided (transposed) input, runs of several samples in the weight gradient, and with
 /// only the input or only the parameters tracked (a JVP's two layers).
@@ -242,6 +243,7 @@ fn host_conv_param_grads_do_not_depend_on_the_thread_count() {
 #[test]
 fn device_conv_matches_the_host_conv_in_f64() {
     use crate::conv::{conv_forward, conv_input_grad, conv_param_grads};
+    use crate::{Kernels, Pass};
     use burn::backend::Wgpu;
     use std::io::Write;
     let Some(adapter) = crate::device_conv::adapter() else {
@@ -305,6 +307,17 @@ fn device_conv_matches_the_host_conv_in_f64() {
         let (xv, wv, bv, rv) = (wide(&xv), wide(&wv), wide(&bv), wide(&rv));
         let (want_z, u) = conv_forward(&xv, &wv, Some(&bv), s, true);
         assert!(rel(&got(z.into_data()), &want_z) < 1e-5, "{case}: output");
+        let plain = <Wgpu as Kernels>::conv(
+            x.clone().inner(),
+            wt.clone().inner(),
+            Some(bt.clone().inner()),
+            geom,
+            Pass::Generic,
+        );
+        assert!(
+            rel(&got(plain.into_data()), &want_z) < 1e-5,
+            "{case}: output outside autodiff"
+        );
         if track_x {
             let dx = conv_input_grad(&rv, &wv, s);
             assert!(

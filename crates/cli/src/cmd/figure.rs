@@ -189,6 +189,7 @@ impl FigureJob {
             &out,
             code_identity(),
             backend.to_string(),
+            B::NUMERICS,
         );
         let mut progress = |s: &str| tracing::info!("{}: {s}", F::NAME);
         let env = || env_info(backend, 0, &std::env::args().collect::<Vec<_>>());
